@@ -1,0 +1,3 @@
+from palyra.cli import main
+
+main()

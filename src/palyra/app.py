@@ -1,0 +1,169 @@
+"""The composition root: builds every component from the configuration and wires them together.
+
+Nothing else constructs components or reads configuration; modules receive what they need here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from palyra.callers.admin import load_admin_token
+from palyra.callers.tokens import TokenService
+from palyra.config.models import PalyraConfig
+from palyra.gateway import Gateway
+from palyra.journal import JournalWriter
+from palyra.metrics import Metrics
+from palyra.providers.registry import ProviderRegistry
+from palyra.shared_state import InProcessCounterStore
+from palyra.storage.db import Database, database_url_for
+from palyra.storage.runs import RunRepository
+from palyra.storage.tokens import TokenRepository
+from palyra.surface.admin_api import build_admin_api
+from palyra.surface.openai_http import OpenAISurface
+
+
+@dataclass
+class Components:
+    config: PalyraConfig
+    state_dir: Path
+    db: Database
+    registry: ProviderRegistry
+    tokens: TokenService
+    token_repo: TokenRepository
+    runs: RunRepository
+    journal: JournalWriter
+    metrics: Metrics
+    admin_token: str
+    admin_token_source: str
+
+
+def state_dir_of(config: PalyraConfig) -> Path:
+    path = Path(config.server.state_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def build_components(config: PalyraConfig) -> Components:
+    state_dir = state_dir_of(config)
+    db = Database(
+        database_url_for(config.server.database_url, state_dir), schema=config.server.database_schema
+    )
+    registry = ProviderRegistry(config.model_provider)
+    token_repo = TokenRepository(db)
+    tokens = TokenService(
+        token_repo,
+        InProcessCounterStore(),
+        cache_ttl_s=config.server.token_cache_ttl_s,
+        default_rate_limit_per_minute=config.server.default_token_rate_limit_per_minute,
+    )
+    runs = RunRepository(db)
+
+    async def after_flush() -> None:
+        await token_repo.touch(tokens.drain_last_used())
+
+    journal = JournalWriter(
+        runs,
+        flush_interval_s=config.server.journal_flush_interval_ms / 1000.0,
+        batch_size=config.server.journal_batch_size,
+        after_flush=after_flush,
+    )
+    admin_token, admin_source = load_admin_token(state_dir)
+    return Components(
+        config=config,
+        state_dir=state_dir,
+        db=db,
+        registry=registry,
+        tokens=tokens,
+        token_repo=token_repo,
+        runs=runs,
+        journal=journal,
+        metrics=Metrics(),
+        admin_token=admin_token,
+        admin_token_source=admin_source,
+    )
+
+
+def build_app(config: PalyraConfig) -> Starlette:
+    c = build_components(config)
+    surface = OpenAISurface(
+        gateway=Gateway(c.registry),
+        tokens=c.tokens,
+        journal=c.journal,
+        metrics=c.metrics,
+        max_json_bytes=config.server.max_json_body_bytes,
+        max_audio_bytes=config.server.max_audio_body_bytes,
+        started_at=int(time.time()),
+        access_log_enabled=config.server.access_log,
+    )
+    admin = build_admin_api(
+        admin_token=c.admin_token, tokens=c.tokens, token_repo=c.token_repo, runs=c.runs, registry=c.registry
+    )
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        ready = await c.db.is_ready()
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "database": ready},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics(_request: Request) -> Response:
+        c.metrics.journal_pending.set(c.journal.pending)
+        c.metrics.journal_written.set(c.journal.written)
+        c.metrics.journal_dropped.set(c.journal.dropped)
+        return Response(c.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        message = (
+            f"{request.method} {request.url.path} is not allowed"
+            if status == 405
+            else f"no endpoint {request.url.path}; see GET /v1/models and the README"
+        )
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "method_not_allowed" if status == 405 else "unknown_url",
+            }
+        }
+        return Response(orjson.dumps(body), status, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await c.db.start()
+        c.journal.start()
+        try:
+            yield
+        finally:
+            await c.journal.close()
+            await c.registry.close()
+            await c.db.close()
+
+    app = Starlette(
+        routes=[
+            *surface.routes(),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Mount("/api/v1", app=admin),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+        lifespan=lifespan,
+    )
+    app.state.components = c
+    return app

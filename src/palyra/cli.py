@@ -1,0 +1,359 @@
+"""The `palyra` command line. Human-readable output by default, JSON with --json.
+
+Commands that read or change state work while the daemon runs: they use the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from palyra.callers.admin import load_admin_token
+from palyra.callers.tokens import TokenService, parse_duration
+from palyra.config.load import load_config
+from palyra.config.models import PalyraConfig
+from palyra.config.template import TEMPLATE
+from palyra.errors import ConfigError, PalyraError
+from palyra.shared_state import InProcessCounterStore
+from palyra.storage.db import Database, database_url_for
+from palyra.storage.runs import GROUP_COLUMNS, RunRepository
+from palyra.storage.tokens import TokenRepository
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palyra LLM gateway.")
+config_app = typer.Typer(no_args_is_help=True, help="Validate configuration.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for the /v1 surface.")
+app.add_typer(config_app, name="config")
+app.add_typer(tokens_app, name="tokens")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (or PALYRA_CONFIG).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def fail(message: str, hint: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[dim]hint:[/] {hint}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, **server: Any) -> PalyraConfig:
+    try:
+        return load_config(config, overrides={"server": server} if server else None)
+    except ConfigError as exc:
+        fail(str(exc), "fix the key named above, then run `palyra config check`", 2)
+
+
+def _run_db(cfg: PalyraConfig, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def go() -> T:
+        state_dir = Path(cfg.server.state_dir).expanduser().resolve()
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = Database(database_url_for(cfg.server.database_url, state_dir), schema=cfg.server.database_schema)
+        try:
+            await db.start()
+        except Exception as exc:
+            fail(
+                f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                "check server.database_url / PALYRA_DATABASE_URL and that the database is reachable",
+            )
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except PalyraError as exc:
+        fail(exc.message, "see `palyra --help` for the command's options")
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _ts(value: float | None) -> str:
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="State directory.")] = None,
+) -> None:
+    """Run the daemon."""
+    from palyra.server import serve as run_server
+
+    cfg = _load(config, host=host, port=port, state_dir=str(state_dir) if state_dir else None)
+    try:
+        run_server(cfg)
+    except ConfigError as exc:
+        fail(str(exc), "fix the key named above, then run `palyra config check`", 2)
+
+
+@app.command()
+def init(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="State directory to use.")] = Path(".palyra"),
+    path: Annotated[Path, typer.Option("--path", help="Where to write the config.")] = Path("palyra.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented palyra.toml."""
+    if path.exists() and not force:
+        fail(f"{path} already exists", "pass --force to overwrite it, or --path to write elsewhere")
+    path.write_text(TEMPLATE.format(state_dir=str(state_dir)), encoding="utf-8")
+    out.print(f"wrote {path}; start with: palyra serve --config {path}")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Validate the configuration without starting."""
+    cfg = _load(config)
+    mp = cfg.model_provider
+    summary = {
+        "ok": True,
+        "providers": [p.provider_id for p in mp.providers],
+        "models": [m.model_id for m in mp.models],
+        "default_chat_model_id": mp.default_chat_model_id,
+        "default_embeddings_model_id": mp.default_embeddings_model_id,
+        "default_audio_transcription_model_id": mp.default_audio_transcription_model_id,
+        "database": "postgresql" if cfg.server.database_url.startswith("postgres") else "sqlite",
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    out.print(
+        f"config OK: {len(mp.providers)} provider(s), {len(mp.models)} model(s); "
+        f"default chat model {mp.default_chat_model_id}"
+    )
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option("--name", help="What the token is for.")],
+    agent: Annotated[str | None, typer.Option("--agent", help="Bind the token to one agent.")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="models, chat, embeddings, audio, memory or * (repeatable)."),
+    ] = None,
+    expires_in: Annotated[str | None, typer.Option("--expires-in", help="e.g. 30d, 12h.")] = None,
+    rate_limit_per_minute: Annotated[
+        int | None, typer.Option("--rate-limit-per-minute", help="Requests per minute; 0 unlimited.")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token. The token is printed once, alone on the last line."""
+    cfg = _load(config)
+    expires = None
+    if expires_in:
+        try:
+            expires = parse_duration(expires_in)
+        except ValueError as exc:
+            fail(str(exc), "use --expires-in 30d")
+
+    async def work(db: Database) -> tuple[dict[str, Any], str]:
+        service = TokenService(TokenRepository(db), InProcessCounterStore())
+        record, plaintext = await service.create(
+            name=name,
+            scopes=scope,
+            agent_id=agent,
+            expires_in_s=expires,
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
+        return record.public(), plaintext
+
+    public, plaintext = _run_db(cfg, work)
+    if as_json:
+        _emit_json({**public, "token": plaintext})
+        return
+    err.print(
+        f"created {public['token_id']} ({public['name']}), scopes {' '.join(public['scopes'])}"
+        + (f", agent {public['agent_id']}" if public["agent_id"] else "")
+        + ". Store the token now: it is not shown again."
+    )
+    print(plaintext)
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List API tokens (never their values)."""
+    cfg = _load(config)
+    records = _run_db(cfg, lambda db: TokenRepository(db).list())
+    rows = [r.public() for r in records]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("id", "name", "prefix", "scopes", "agent", "rate/min", "status", "expires", "last used")
+    for r in rows:
+        table.add_row(
+            str(r["token_id"]),
+            str(r["name"]),
+            str(r["prefix"]) + "…",
+            " ".join(r["scopes"]),  # type: ignore[arg-type]
+            str(r["agent_id"] or "-"),
+            str(r["rate_limit_per_minute"] or "-"),
+            str(r["status"]),
+            _ts(r["expires_at"]),  # type: ignore[arg-type]
+            _ts(r["last_used_at"]),  # type: ignore[arg-type]
+        )
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Revoke an API token. A running daemon rejects it at once when reachable, else within seconds."""
+    cfg = _load(config)
+    via_daemon = _revoke_via_daemon(cfg, token_id)
+    if via_daemon is None:
+
+        async def work(db: Database) -> bool | None:
+            repo = TokenRepository(db)
+            if await repo.get(token_id) is None:
+                return None
+            changed, _ = await repo.revoke(token_id, now=time.time())
+            return changed
+
+        result = _run_db(cfg, work)
+        if result is None:
+            fail(f"no token {token_id}", "list tokens with `palyra tokens list`")
+        note = f"running daemons stop accepting it within {cfg.server.token_cache_ttl_s:g} s"
+    else:
+        note = "the daemon rejects it from now on"
+    if as_json:
+        _emit_json({"token_id": token_id, "revoked": True})
+        return
+    out.print(f"revoked {token_id}; {note}")
+
+
+def _revoke_via_daemon(cfg: PalyraConfig, token_id: str) -> bool | None:
+    """Ask a running daemon to revoke (so its cache forgets the token now). None: no daemon answered."""
+    state_dir = Path(cfg.server.state_dir).expanduser().resolve()
+    try:
+        admin_token, _ = load_admin_token(state_dir)
+    except OSError:
+        return None
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    url = f"http://{host}:{cfg.server.port}/api/v1/tokens/{token_id}/revoke"
+    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {admin_token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            fail(f"no token {token_id}", "list tokens with `palyra tokens list`")
+        return None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@app.command()
+def usage(
+    since: Annotated[str, typer.Option("--since", help="How far back, e.g. 7d, 24h.")] = "7d",
+    by: Annotated[str | None, typer.Option("--by", help="model, agent, session, provider or token.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    limit: Annotated[int, typer.Option("--limit", help="Recent runs to list.")] = 20,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent runs and totals from the run journal."""
+    if as_json:
+        fmt = "json"
+    if fmt not in ("table", "json", "csv"):
+        fail(f"unknown format {fmt!r}", "use --format table, json or csv")
+    if by is not None and by not in GROUP_COLUMNS:
+        fail(f"cannot group by {by!r}", f"use --by {' | '.join(GROUP_COLUMNS)}")
+    try:
+        start = time.time() - parse_duration(since)
+    except ValueError as exc:
+        fail(str(exc), "use --since 7d")
+    cfg = _load(config)
+
+    async def work(db: Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        repo = RunRepository(db)
+        totals = await repo.totals(since=start, by=by)
+        recent = [] if by else await repo.recent(since=start, limit=limit)
+        return totals, recent
+
+    totals, recent = _run_db(cfg, work)
+    if fmt == "json":
+        _emit_json({"since": since, "by": by, "totals": totals, "runs": recent})
+        return
+    if fmt == "csv":
+        rows = totals if by else recent
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+        return
+    if not by and recent:
+        table = Table(
+            "time",
+            "request id",
+            "endpoint",
+            "model",
+            "agent",
+            "status",
+            "tokens in/out",
+            "ms",
+            title="recent runs",
+        )
+        for r in recent:
+            table.add_row(
+                _ts(r["created_at"]),
+                r["request_id"],
+                r["endpoint"],
+                r["model_id"] or r["requested_model"] or "-",
+                r["agent_id"] or "-",
+                f"{r['http_status']} {r['status']}",
+                f"{r['prompt_tokens']}/{r['completion_tokens']}",
+                f"{r['latency_ms']:.1f}",
+            )
+        out.print(table)
+    table = Table(
+        *(["key"] if by else []),
+        "requests",
+        "errors",
+        "prompt",
+        "completion",
+        "cost usd",
+        title=f"totals since {since}",
+    )
+    for t in totals:
+        cost = "-" if t["cost_usd"] is None else f"{t['cost_usd']:.6f}"
+        cells = [
+            str(t["requests"]),
+            str(t["errors"]),
+            str(t["prompt_tokens"]),
+            str(t["completion_tokens"]),
+            cost,
+        ]
+        table.add_row(*([str(t["key"] or "-")] if by else []), *cells)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+def serve_main() -> None:
+    """`palyrad`: the daemon alone."""
+    sys.argv = [sys.argv[0], "serve", *sys.argv[1:]]
+    app()

@@ -1,0 +1,62 @@
+"""Prometheus metrics, held in a registry owned by the app (no module-level globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "palyra_requests_total",
+            "Requests on the /v1 surface by endpoint, model, provider and HTTP status.",
+            ["endpoint", "model", "provider", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "palyra_request_duration_seconds",
+            "Wall time of /v1 requests.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "palyra_overhead_seconds",
+            "Time spent in Palyra itself (request time minus upstream time).",
+            ["endpoint"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "palyra_tokens_total",
+            "Tokens by model and kind (prompt, completion, cached).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "palyra_cost_usd_total", "Cost in USD by model.", ["model"], registry=self.registry
+        )
+        self.upstream_attempts = Counter(
+            "palyra_upstream_attempts_total",
+            "Upstream attempts by provider and outcome.",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.journal_pending = Gauge(
+            "palyra_journal_pending_records", "Run records waiting to be written.", registry=self.registry
+        )
+        self.journal_written = Gauge(
+            "palyra_journal_written_records", "Run records written since start.", registry=self.registry
+        )
+        self.journal_dropped = Gauge(
+            "palyra_journal_dropped_records",
+            "Run records dropped because the buffer was full.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,40 @@
+"""Running the daemon: uvicorn with uvloop and httptools, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from palyra.app import build_app
+from palyra.config.models import PalyraConfig
+from palyra.logs import configure_logging
+
+
+def serve(config: PalyraConfig, *, announce: bool = True) -> None:
+    configure_logging(config.server.log_level)
+    app = build_app(config)
+    c = app.state.components
+    if announce:
+        host, port = config.server.host, config.server.port
+        shown = f"[{host}]" if ":" in host else host
+        print(f"palyra: listening on http://{shown}:{port}  (OpenAI base URL: http://{shown}:{port}/v1)")
+        print(f"palyra: state dir {c.state_dir}")
+        print(f"palyra: database {c.db.url.split('://')[0]}  admin token from {c.admin_token_source}")
+        print("palyra: get an API token with: palyra tokens create --name my-app")
+        sys.stdout.flush()
+    uv_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(config.server.graceful_shutdown_s),
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    uvicorn.Server(uv_config).run()
