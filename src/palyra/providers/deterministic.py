@@ -450,7 +450,8 @@ def wav_duration_s(data: bytes) -> float | None:
             rate, frame_size = wav.getframerate(), wav.getsampwidth() * wav.getnchannels()
             # Count the frames actually present: streamed WAVs often carry a placeholder length.
             frames = len(wav.readframes(wav.getnframes())) // frame_size if frame_size else 0
-    except (wave.Error, EOFError, struct.error, ValueError):
+    # The stdlib reader signals malformed chunk sizes with RuntimeError as well as wave.Error.
+    except (wave.Error, EOFError, struct.error, ValueError, RuntimeError):
         return None
     return frames / rate if rate > 0 and frames > 0 else None
 
