@@ -38,7 +38,8 @@ tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for the /v1 surf
 app.add_typer(config_app, name="config")
 app.add_typer(tokens_app, name="tokens")
 
-out = Console()
+# Piped output keeps whole rows on a line, so grep and less see one run per line.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from palyra.errors import InvalidRequest
@@ -197,23 +198,24 @@ class EmbeddingIn(BaseModel):
     user: str | None = None
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
+def _param(loc: tuple[int | str, ...], body: Any) -> str:
+    """The client's own path to the field. Pydantic adds union branch and tag names to the location;
+    walking it along the JSON the client sent keeps only real keys (and a missing key at the end)."""
     out = ""
-    for part in loc:
-        if isinstance(part, int):
+    node = body
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
             out += f"[{part}]"
-        elif part in {"str", "list[str]", "list[int]", "list[list[int]]", "function-after", "bool"} or (
-            isinstance(part, str)
-            and (part[0].isupper() or part.startswith(("list[", "function-", "literal[")))
-        ):
-            # pydantic names union branches in the location; the client only cares about its own keys
-            continue
-        else:
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            out += ("." if out else "") + part
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(part, str) and isinstance(node, dict):
             out += ("." if out else "") + part
     return out
 
 
-def invalid_request_from(exc: ValidationError) -> InvalidRequest:
+def invalid_request_from(exc: ValidationError, raw: bytes) -> InvalidRequest:
     errors = exc.errors()
     # A union reports one error per branch; the first names the field well enough.
     err = errors[0]
@@ -223,7 +225,11 @@ def invalid_request_from(exc: ValidationError) -> InvalidRequest:
             "the request body is not valid JSON; send a JSON object with Content-Type: application/json",
             code="invalid_json",
         )
-    param = _param(tuple(err["loc"]))
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    param = _param(tuple(err["loc"]), body)
     if kind == "missing":
         return InvalidRequest(
             f"missing required parameter: '{param}'", code="missing_required_parameter", param=param
@@ -276,7 +282,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     try:
         parsed = ChatCompletionIn.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc) from None
+        raise invalid_request_from(exc, body) from None
     if parsed.n is not None and parsed.n > 1:
         raise InvalidRequest(
             "n > 1 is not supported by this gateway; send n separate requests",
@@ -341,7 +347,7 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     try:
         parsed = EmbeddingIn.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc) from None
+        raise invalid_request_from(exc, body) from None
     raw = parsed.input
     inputs: list[str]
     if isinstance(raw, str):

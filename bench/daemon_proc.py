@@ -1,0 +1,214 @@
+"""The daemon under test: a `palyra serve` subprocess with its own state dir, config and API token."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HEALTH_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+GRACEFUL_SHUTDOWN_S = 10
+STDERR_TAIL_LINES = 20
+PROBLEM_LEVELS = ('"level":"warning"', '"level":"error"', '"level":"critical"')
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSpec:
+    """How to start one daemon."""
+
+    cpu: int | None
+    access_log: bool
+    database_url: str = ""
+    database_schema: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopResult:
+    exit_code: int | None
+    seconds: float
+    killed: bool
+
+
+def palyra_command() -> list[str]:
+    """The `palyra` entry point next to this interpreter, else `python -m palyra`."""
+    script = Path(sys.executable).parent / "palyra"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "palyra"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_config(state_dir: Path, port: int, spec: DaemonSpec) -> Path:
+    lines = [
+        "[server]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        f"state_dir = {_toml_str(str(state_dir))}",
+        f"access_log = {'true' if spec.access_log else 'false'}",
+        f"graceful_shutdown_s = {GRACEFUL_SHUTDOWN_S}",
+    ]
+    if spec.database_url:
+        lines.append(f"database_url = {_toml_str(spec.database_url)}")
+    if spec.database_schema:
+        lines.append(f"database_schema = {_toml_str(spec.database_schema)}")
+    path = state_dir / "palyra.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def clean_env(state_dir: Path) -> dict[str, str]:
+    """The caller's environment without PALYRA_* overrides, which would beat the bench's config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_")}
+    env["PALYRA_STATE_DIR"] = str(state_dir)
+    return env
+
+
+class Daemon:
+    """One running daemon. Use as a context manager: it is stopped and its state dir removed on exit."""
+
+    def __init__(self, spec: DaemonSpec) -> None:
+        self.spec = spec
+        self.state_dir = Path(tempfile.mkdtemp(prefix="palyra-bench-"))
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.config_path = write_config(self.state_dir, self.port, spec)
+        self.env = clean_env(self.state_dir)
+        self.stdout_path = self.state_dir / "daemon.stdout"
+        self.stderr_path = self.state_dir / "daemon.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token = ""
+        self.stop_result: StopResult | None = None
+
+    def __enter__(self) -> Daemon:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        pin = ["taskset", "-c", str(self.spec.cpu)] if self.spec.cpu is not None else []
+        cmd = [*pin, *palyra_command(), "serve", "--config", str(self.config_path), "--port", str(self.port)]
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self.wait_healthy()
+        self.token = self.create_token()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"the daemon exited during start-up:\n{self.stderr_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"/healthz did not answer 200 within {HEALTH_TIMEOUT_S:.0f} s")
+
+    def create_token(self) -> str:
+        cmd = [*palyra_command(), "tokens", "create", "--name", "bench", "--config", str(self.config_path)]
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=False)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"`palyra tokens create` failed ({done.returncode}): {done.stderr.strip()}")
+        return lines[-1].strip()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> StopResult:
+        """SIGTERM, then wait for the graceful shutdown (which flushes the journal); SIGKILL if it hangs."""
+        assert self.proc is not None
+        if self.stop_result is not None:
+            return self.stop_result
+        started = time.monotonic()
+        killed = False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                killed = True
+        self.stop_result = StopResult(self.proc.returncode, time.monotonic() - started, killed)
+        return self.stop_result
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        try:
+            text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stderr_problems(self, lines: int = STDERR_TAIL_LINES) -> list[str]:
+        """The last warning/error lines the daemon logged (and any line that is not a JSON log entry)."""
+        try:
+            text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        problems = [
+            line[:600]
+            for line in text.splitlines()
+            if any(level in line for level in PROBLEM_LEVELS) or not line.startswith("{")
+        ]
+        return problems[-lines:]
+
+
+def proc_status_kib(pid: int, field_name: str) -> int | None:
+    """A ``VmRSS``/``VmHWM``-style line of /proc/<pid>/status, in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time the process has used, from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    # After the command name: state is fields[0], utime and stime are stat fields 14 and 15.
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,192 @@
+"""The load generator: request bodies, one timed request per call, sequential and closed-loop drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+CHAT_MODEL = "deterministic"
+EMBEDDINGS_MODEL = "hash-embedding-v1"
+SYSTEM_PROMPT = "You are a helpful assistant for an online bookshop. Answer briefly, politely and accurately."
+USER_PROMPT = "Can you recommend two mystery novels set in Scotland for a long train journey this weekend?"
+EMBEDDINGS_INPUT = "A mystery novel set in the Scottish Highlands, told by a retired detective on a train."
+MAX_ERROR_SAMPLES = 3
+
+
+def chat_body(*, stream: bool) -> bytes:
+    """A small realistic chat request: a system and a user message, about 30 words in all."""
+    body: dict[str, Any] = {
+        "model": CHAT_MODEL,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": USER_PROMPT},
+        ],
+    }
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+def embeddings_body() -> bytes:
+    return orjson.dumps({"model": EMBEDDINGS_MODEL, "input": EMBEDDINGS_INPUT})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished request. ``error`` is None on success, else a short kind such as ``HTTP 503``."""
+
+    latency_s: float
+    overhead_ms: float | None = None
+    ttfb_s: float | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+RequestFn = Callable[[], Awaitable[Outcome]]
+
+
+@dataclass(slots=True)
+class Samples:
+    """Everything a measured phase collected."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    overheads_ms: list[float] = field(default_factory=list)
+    ttfbs_s: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_samples: list[str] = field(default_factory=list)
+    attempts: int = 0
+    elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_s)
+
+    def add(self, outcome: Outcome) -> None:
+        self.attempts += 1
+        if outcome.error is not None:
+            self.errors[outcome.error] += 1
+            if len(self.error_samples) < MAX_ERROR_SAMPLES:
+                self.error_samples.append(f"{outcome.error}: {outcome.detail[:300]}")
+            return
+        self.latencies_s.append(outcome.latency_s)
+        if outcome.overhead_ms is not None:
+            self.overheads_ms.append(outcome.overhead_ms)
+        if outcome.ttfb_s is not None:
+            self.ttfbs_s.append(outcome.ttfb_s)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of unsorted values; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _overhead(resp: aiohttp.ClientResponse) -> float | None:
+    raw = resp.headers.get("x-palyra-overhead-ms")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class Client:
+    """Builds the per-request callables over one shared session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def unary(self, path: str, body: bytes) -> RequestFn:
+        """A non-streaming POST; the whole body is read before the clock stops."""
+        url = self.base_url + path
+
+        async def call() -> Outcome:
+            started = time.perf_counter()
+            try:
+                async with self.session.post(url, data=body, headers=self.headers) as resp:
+                    payload = await resp.read()
+                    latency = time.perf_counter() - started
+                    if resp.status != 200:
+                        return Outcome(latency, error=f"HTTP {resp.status}", detail=payload.decode(errors="replace"))
+                    return Outcome(latency, overhead_ms=_overhead(resp))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return Outcome(time.perf_counter() - started, error=type(exc).__name__, detail=str(exc))
+
+        return call
+
+    def streaming(self, path: str, body: bytes) -> RequestFn:
+        """A streaming POST; the whole SSE body is read, and it must end with ``data: [DONE]``."""
+        url = self.base_url + path
+
+        async def call() -> Outcome:
+            started = time.perf_counter()
+            first: float | None = None
+            tail = b""
+            try:
+                async with self.session.post(url, data=body, headers=self.headers) as resp:
+                    async for chunk in resp.content.iter_any():
+                        if first is None:
+                            first = time.perf_counter()
+                        tail = (tail + chunk)[-64:]
+                    latency = time.perf_counter() - started
+                    if resp.status != 200:
+                        return Outcome(latency, error=f"HTTP {resp.status}", detail=tail.decode(errors="replace"))
+                    if b"data: [DONE]" not in tail:
+                        return Outcome(latency, error="stream without [DONE]", detail=tail.decode(errors="replace"))
+                    ttfb = (first if first is not None else started) - started
+                    return Outcome(latency, overhead_ms=_overhead(resp), ttfb_s=ttfb)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return Outcome(time.perf_counter() - started, error=type(exc).__name__, detail=str(exc))
+
+        return call
+
+
+def _prepare() -> tuple[float, float]:
+    """Collect garbage left by earlier phases so it is not charged to this one; return both clocks."""
+    gc.collect()
+    return time.perf_counter(), time.process_time()
+
+
+async def run_sequential(call: RequestFn, count: int) -> Samples:
+    """``count`` requests one after another over one connection."""
+    samples = Samples()
+    started, cpu = _prepare()
+    for _ in range(count):
+        samples.add(await call())
+    samples.elapsed_s = time.perf_counter() - started
+    samples.client_cpu_s = time.process_time() - cpu
+    return samples
+
+
+async def run_closed_loop(call: RequestFn, concurrency: int, duration_s: float) -> Samples:
+    """``concurrency`` workers, each sending its next request as soon as the last one finished.
+
+    Workers stop starting requests at the deadline; requests in flight then still count, and the
+    elapsed time runs until the last of them finished.
+    """
+    samples = Samples()
+    started, cpu = _prepare()
+    deadline = started + duration_s
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            samples.add(await call())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples.elapsed_s = time.perf_counter() - started
+    samples.client_cpu_s = time.process_time() - cpu
+    return samples
