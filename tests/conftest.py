@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,11 @@ def pg_schema() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE SCHEMA "{name}"'))
+    def blocking(sql: str) -> None:
+        # A thread of its own, so this works from sync and async tests alike.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    blocking(f'CREATE SCHEMA "{name}"')
     yield name
-    asyncio.run(run(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    blocking(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

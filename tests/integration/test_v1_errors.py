@@ -11,9 +11,9 @@ from typing import Any
 import httpx2 as httpx
 import openai
 import pytest
-from openai_schema import validate
 
 from conftest import Daemon
+from openai_schema import validate
 
 CHAT = {"model": "deterministic", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from openai_schema import validate
 
 from palyra import errors
 from palyra.surface.openai_responses import error_body
+
+from openai_schema import validate
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-def config_path_from_env(explicit: str | os.PathLike[str] | None) -> Path | None:
+def config_path_from_env(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Path | None:
     if explicit:
         return Path(explicit)
-    env = os.environ.get("PALYRA_CONFIG", "").strip()
-    return Path(env) if env else None
+    named = (os.environ if environ is None else environ).get("PALYRA_CONFIG", "").strip()
+    return Path(named) if named else None
 
 
 def load_config(
@@ -50,7 +52,7 @@ def load_config(
 ) -> PalyraConfig:
     """Load, override, validate. ``path`` None means ``PALYRA_CONFIG`` or the embedded default."""
     env = os.environ if environ is None else environ
-    cfg_path = config_path_from_env(path)
+    cfg_path = config_path_from_env(path, env)
     raw: dict[str, Any] = {}
     source = "embedded default"
     if cfg_path is not None:
