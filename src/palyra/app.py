@@ -24,7 +24,9 @@ from palyra.config.models import PalyraConfig
 from palyra.gateway import Gateway
 from palyra.journal import JournalWriter
 from palyra.metrics import Metrics
+from palyra.providers.dispatch import Dispatcher
 from palyra.providers.registry import ProviderRegistry
+from palyra.providers.status import provider_status
 from palyra.shared_state import InProcessCounterStore
 from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import RunRepository
@@ -97,7 +99,7 @@ def build_components(config: PalyraConfig) -> Components:
 def build_app(config: PalyraConfig) -> Starlette:
     c = build_components(config)
     surface = OpenAISurface(
-        gateway=Gateway(c.registry),
+        gateway=Gateway(c.registry, Dispatcher(c.registry.runtimes, c.metrics)),
         tokens=c.tokens,
         journal=c.journal,
         metrics=c.metrics,
@@ -124,6 +126,8 @@ def build_app(config: PalyraConfig) -> Starlette:
         c.metrics.journal_pending.set(c.journal.pending)
         c.metrics.journal_written.set(c.journal.written)
         c.metrics.journal_dropped.set(c.journal.dropped)
+        for runtime in c.registry.runtimes.values():
+            c.metrics.observe_provider(await provider_status(runtime, c.registry))
         return Response(c.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def not_found(request: Request, exc: Exception) -> Response:

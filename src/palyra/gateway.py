@@ -1,7 +1,8 @@
 """The request flow behind the /v1 surface, independent of HTTP.
 
-resolve the model → check what it can do → [governance: routing, budget] → call the provider →
-[settle cost] → fill the run record. The HTTP surface parses and encodes; this module decides.
+candidates from the registry → [governance: routing, budget reservation] → the dispatcher's one retry
+loop over providers → [settle cost] → fill the run record. The HTTP surface parses and encodes; this
+module decides.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from palyra.errors import InvalidRequest
 from palyra.journal import RunRecord
-from palyra.providers.base import Provider
-from palyra.providers.registry import ProviderRegistry, RegisteredModel
+from palyra.providers.dispatch import AttemptLog, Dispatcher
+from palyra.providers.failures import UpstreamAttemptError, to_client_error
+from palyra.providers.registry import Needs, ProviderRegistry, ProviderRuntime, RegisteredModel
 from palyra.providers.types import (
     ChatRequest,
     ChatResult,
@@ -36,11 +37,22 @@ class RunContext:
 
     record: RunRecord
     started: float = field(default_factory=time.perf_counter)
-    upstream_s: float = 0.0
+    attempts: AttemptLog = field(default_factory=AttemptLog)
     model: RegisteredModel | None = None
 
+    @property
+    def upstream_s(self) -> float:
+        return self.attempts.upstream_s
+
     def overhead_ms(self) -> float:
-        return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000.0)
+        return max(0.0, (time.perf_counter() - self.started - self.attempts.upstream_s) * 1000.0)
+
+    def serve_with(self, model: RegisteredModel) -> None:
+        self.model = model
+        r = self.record
+        r.model_id = model.config.model_id
+        r.provider_id = model.config.provider_id
+        r.upstream_model = model.target.upstream_model
 
     def apply_usage(self, usage: Usage) -> None:
         r = self.record
@@ -50,53 +62,65 @@ class RunContext:
         r.cache_write_tokens = usage.cache_write_tokens
         r.usage_source = usage.source
 
+    def sync_attempts(self) -> None:
+        self.record.attempts = self.attempts.attempts
+        if self.attempts.failovers:
+            self.record.extra["failovers"] = self.attempts.failovers
+
+
+def chat_needs(request: ChatRequest) -> Needs:
+    rf = request.response_format
+    return Needs(
+        vision=request.has_images(),
+        tools=bool(request.tools),
+        json_mode=rf is not None and rf.type != "text",
+        streaming=request.stream,
+    )
+
 
 class Gateway:
-    def __init__(self, registry: ProviderRegistry) -> None:
+    def __init__(self, registry: ProviderRegistry, dispatcher: Dispatcher) -> None:
         self.registry = registry
-
-    def _resolve(self, ctx: RunContext, model_id: str, role: str) -> tuple[RegisteredModel, Provider]:
-        entry, provider = self.registry.resolve(model_id, role)
-        ctx.model = entry
-        r = ctx.record
-        r.model_id = entry.config.model_id
-        r.provider_id = entry.config.provider_id
-        r.upstream_model = entry.target.upstream_model
-        return entry, provider
+        self.dispatcher = dispatcher
 
     async def chat(self, ctx: RunContext, request: ChatRequest) -> ChatResult:
-        entry, provider = self._resolve(ctx, request.model, "chat")
-        check_chat_capabilities(entry, request)
-        ctx.record.attempts += 1
-        t = time.perf_counter()
+        candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
         try:
-            result = await provider.chat(request, entry.target)
+            served = await self.dispatcher.call(
+                candidates, lambda p, t: p.chat(request, t), ctx.attempts, ctx.serve_with
+            )
         finally:
-            ctx.upstream_s += time.perf_counter() - t
-        ctx.apply_usage(result.usage)
-        return result
+            ctx.sync_attempts()
+        ctx.apply_usage(served.value.usage)
+        return served.value
 
     async def chat_stream(self, ctx: RunContext, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Resolve and open the upstream stream. The caller pulls events; usage lands on the record."""
-        entry, provider = self._resolve(ctx, request.model, "chat")
-        check_chat_capabilities(entry, request)
-        ctx.record.attempts += 1
-        return self._timed_stream(ctx, provider.chat_stream(request, entry.target), request)
+        """Open the stream (retrying and failing over until its first event). The caller pulls the rest;
+        usage lands on the run record, estimated from what was streamed if the stream ends early."""
+        candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
+        try:
+            head, events, _model, runtime = await self.dispatcher.open_stream(
+                candidates, lambda p, t: p.chat_stream(request, t), ctx.attempts, ctx.serve_with
+            )
+        finally:
+            ctx.sync_attempts()
+        return self._relay(ctx, request, head, events, runtime)
 
-    async def _timed_stream(
-        self, ctx: RunContext, events: AsyncIterator[StreamEvent], request: ChatRequest
+    async def _relay(
+        self,
+        ctx: RunContext,
+        request: ChatRequest,
+        head: StreamEvent | None,
+        events: AsyncIterator[StreamEvent],
+        runtime: ProviderRuntime,
     ) -> AsyncIterator[StreamEvent]:
         streamed: list[str] = []
         got_usage = False
+        failure: UpstreamAttemptError | None = None
+        opened = time.perf_counter()
         try:
-            while True:
-                t = time.perf_counter()
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    return
-                finally:
-                    ctx.upstream_s += time.perf_counter() - t
+            event = head
+            while event is not None:
                 if isinstance(event, TextDelta):
                     streamed.append(event.text)
                 elif isinstance(event, ToolCallDelta):
@@ -105,6 +129,16 @@ class Gateway:
                     got_usage = True
                     ctx.apply_usage(event.usage)
                 yield event
+                t = time.perf_counter()
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    event = None
+                except UpstreamAttemptError as err:
+                    failure = err
+                    raise to_client_error(err) from None
+                finally:
+                    ctx.attempts.upstream_s += time.perf_counter() - t
         finally:
             if not got_usage:
                 # The stream ended early (client gone, upstream cut): bill what was streamed,
@@ -116,61 +150,30 @@ class Gateway:
                         source="estimated",
                     )
                 )
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await events.aclose()  # type: ignore[attr-defined]
+            self.dispatcher.finish_stream(runtime, failure, time.perf_counter() - opened)
 
     async def embed(self, ctx: RunContext, request: EmbeddingRequest) -> EmbeddingResult:
-        entry, provider = self._resolve(ctx, request.model, "embeddings")
-        ctx.record.attempts += 1
-        t = time.perf_counter()
+        candidates = self.registry.candidates(request.model, "embeddings")
         try:
-            result = await provider.embed(request, entry.target)
+            served = await self.dispatcher.call(
+                candidates, lambda p, t: p.embed(request, t), ctx.attempts, ctx.serve_with
+            )
         finally:
-            ctx.upstream_s += time.perf_counter() - t
-        ctx.apply_usage(result.usage)
-        return result
+            ctx.sync_attempts()
+        ctx.apply_usage(served.value.usage)
+        return served.value
 
     async def transcribe(self, ctx: RunContext, request: TranscriptionRequest) -> TranscriptionResult:
-        entry, provider = self._resolve(ctx, request.model, "audio_transcription")
-        ctx.record.attempts += 1
-        t = time.perf_counter()
+        candidates = self.registry.candidates(request.model, "audio_transcription")
         try:
-            result = await provider.transcribe(request, entry.target)
+            served = await self.dispatcher.call(
+                candidates, lambda p, t: p.transcribe(request, t), ctx.attempts, ctx.serve_with
+            )
         finally:
-            ctx.upstream_s += time.perf_counter() - t
-        ctx.apply_usage(result.usage)
-        return result
-
-
-def check_chat_capabilities(entry: RegisteredModel, request: ChatRequest) -> None:
-    caps = entry.target.capabilities
-    mid = entry.config.model_id
-    if request.has_images() and not caps.vision:
-        raise InvalidRequest(
-            f"model '{mid}' does not accept images; use a model with vision or send text only",
-            code="model_not_vision_capable",
-            param="messages",
-        )
-    if request.tools and not caps.tools:
-        raise InvalidRequest(
-            f"model '{mid}' does not support tools; use a model with tool support or remove tools",
-            code="model_not_tool_capable",
-            param="tools",
-        )
-    rf = request.response_format
-    if rf is not None and rf.type != "text" and not caps.json_mode:
-        raise InvalidRequest(
-            f"model '{mid}' does not support JSON output; remove response_format or pick another model",
-            code="model_not_json_capable",
-            param="response_format",
-        )
-    if request.stream and not caps.streaming:
-        raise InvalidRequest(
-            f"model '{mid}' does not support streaming; send stream: false",
-            code="model_not_stream_capable",
-            param="stream",
-        )
+            ctx.sync_attempts()
+        ctx.apply_usage(served.value.usage)
+        return served.value
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:

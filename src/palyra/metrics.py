@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -57,6 +59,34 @@ class Metrics:
             "Run records dropped because the buffer was full.",
             registry=self.registry,
         )
+
+        self.provider_health = Gauge(
+            "palyra_provider_health",
+            "1 for the provider's current health state (healthy, degraded, cooling_down, unavailable).",
+            ["provider", "state"],
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "palyra_provider_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.provider_in_flight = Gauge(
+            "palyra_provider_in_flight",
+            "Requests in flight to the provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+
+    def observe_provider(self, status: dict[str, Any]) -> None:
+        pid = status["provider_id"]
+        for state in ("healthy", "degraded", "cooling_down", "unavailable"):
+            self.provider_health.labels(pid, state).set(1 if status["health"] == state else 0)
+        self.circuit_state.labels(pid).set(
+            {"closed": 0, "half_open": 1, "open": 2}[status["circuit"]["state"]]
+        )
+        self.provider_in_flight.labels(pid).set(status["concurrency"]["in_flight"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

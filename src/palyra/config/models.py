@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from palyra.netguard import UnsafeUrl, validate_base_url
+
 IDENT = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,127}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -109,6 +111,12 @@ class ProviderConfig(Frozen):
     def _credentials(self) -> ProviderConfig:
         if self.auth_profile_id and self.api_key_env:
             raise ValueError("set either auth_profile_id or api_key_env, not both")
+        if self.base_url is not None:
+            try:
+                normalised = validate_base_url(self.base_url, allow_private=self.allow_private_base_url)
+            except UnsafeUrl as exc:
+                raise ValueError(str(exc)) from None
+            object.__setattr__(self, "base_url", normalised)
         return self
 
 

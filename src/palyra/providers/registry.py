@@ -1,7 +1,10 @@
-"""The provider registry: builds one adapter per configured provider and resolves model ids.
+"""The provider registry: one adapter and its protection (breaker, concurrency limit, health) per
+configured provider, capabilities per model, and the ordered candidates for a request.
 
-Capability defaults depend on the provider kind and the model's role; a model entry's
-``capabilities`` table overrides them field by field.
+Candidates: the requested model (or the role's default) if it can do what the request needs, then its
+``fallback_model_ids`` that can, then — with ``failover_enabled`` — other capable models of the same
+role on other providers, cheapest and fastest first. The deterministic provider is never an automatic
+failover target: an echo in place of a real answer would surprise; list it explicitly if wanted.
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ from dataclasses import dataclass
 
 from palyra.config.models import ModelConfig, ModelProviderConfig, ProviderConfig
 from palyra.errors import ConfigError, InvalidRequest, ModelNotFound
+from palyra.providers.anthropic import AnthropicProvider
 from palyra.providers.base import Capabilities, ModelTarget, Provider
+from palyra.providers.credentials import CredentialSource, EnvCredential, NoCredential
 from palyra.providers.deterministic import DeterministicProvider
+from palyra.providers.health import ProviderHealth
+from palyra.providers.openai_compat import OpenAICompatibleProvider
+from palyra.providers.resilience import CircuitBreaker, ConcurrencyLimit
 
 ROLE_ENDPOINT = {
     "chat": "chat completions",
     "embeddings": "embeddings",
     "audio_transcription": "transcriptions",
 }
+_COST_RANK = {"low": 0, "standard": 1, "premium": 2}
+_LATENCY_RANK = {"low": 0, "standard": 1, "high": 2}
 
 # (kind, role) -> (tools, vision, json_mode, streaming, max_context_tokens, cost_tier, latency_tier)
 _DEFAULTS: dict[tuple[str, str], tuple[bool, bool, bool, bool, int | None, str, str]] = {
@@ -28,7 +38,37 @@ _DEFAULTS: dict[tuple[str, str], tuple[bool, bool, bool, bool, int | None, str, 
 }
 _ROLE_DEFAULT = (False, False, False, False, None, "low", "low")
 
-ProviderFactory = Callable[[ProviderConfig], Provider]
+ProviderFactory = Callable[[ProviderConfig, CredentialSource], Provider]
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a request asks of a chat model."""
+
+    vision: bool = False
+    tools: bool = False
+    json_mode: bool = False
+    streaming: bool = False
+
+    def missing(self, caps: Capabilities) -> list[str]:
+        out = []
+        if self.vision and not caps.vision:
+            out.append("vision")
+        if self.tools and not caps.tools:
+            out.append("tools")
+        if self.json_mode and not caps.json_mode:
+            out.append("json_mode")
+        if self.streaming and not caps.streaming:
+            out.append("streaming")
+        return out
+
+
+_NEED_ERRORS = {
+    "vision": ("model_not_vision_capable", "messages", "does not accept images; use a model with vision"),
+    "tools": ("model_not_tool_capable", "tools", "does not support tools; use a model with tool support"),
+    "json_mode": ("model_not_json_capable", "response_format", "does not support JSON output"),
+    "streaming": ("model_not_stream_capable", "stream", "does not support streaming; send stream: false"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,21 +80,39 @@ class RegisteredModel:
     latency_tier: str
 
 
-def _deterministic(config: ProviderConfig) -> Provider:
-    return DeterministicProvider(config.provider_id)
+@dataclass
+class ProviderRuntime:
+    provider: Provider
+    config: ProviderConfig
+    breaker: CircuitBreaker
+    limit: ConcurrencyLimit
+    health: ProviderHealth
+    credential: CredentialSource
 
 
-DEFAULT_FACTORIES: dict[str, ProviderFactory] = {"deterministic": _deterministic}
+DEFAULT_FACTORIES: dict[str, ProviderFactory] = {
+    "deterministic": lambda cfg, _cred: DeterministicProvider(cfg.provider_id),
+    "openai_compatible": OpenAICompatibleProvider,
+    "anthropic": AnthropicProvider,
+}
+
+
+def credential_for(config: ProviderConfig) -> CredentialSource:
+    if config.api_key_env:
+        return EnvCredential(config.api_key_env)
+    return NoCredential()
 
 
 class ProviderRegistry:
     def __init__(
-        self, config: ModelProviderConfig, factories: dict[str, ProviderFactory] | None = None
+        self,
+        config: ModelProviderConfig,
+        factories: dict[str, ProviderFactory] | None = None,
+        credentials: Callable[[ProviderConfig], CredentialSource] = credential_for,
     ) -> None:
         self.config = config
         factories = DEFAULT_FACTORIES if factories is None else factories
-        self.providers: dict[str, Provider] = {}
-        self.provider_configs: dict[str, ProviderConfig] = {}
+        self.runtimes: dict[str, ProviderRuntime] = {}
         for i, p in enumerate(config.providers):
             if not p.enabled:
                 continue
@@ -64,12 +122,23 @@ class ProviderRegistry:
                     f"model_provider.providers[{i}].kind: kind {p.kind!r} has no adapter in this build; "
                     f"use one of: {', '.join(sorted(factories))}"
                 )
-            self.providers[p.provider_id] = factory(p)
-            self.provider_configs[p.provider_id] = p
+            credential = credentials(p)
+            self.runtimes[p.provider_id] = ProviderRuntime(
+                provider=factory(p, credential),
+                config=p,
+                breaker=CircuitBreaker(
+                    p.provider_id,
+                    failure_threshold=p.circuit_breaker.failure_threshold,
+                    cooldown_s=p.circuit_breaker.cooldown_ms / 1000.0,
+                ),
+                limit=ConcurrencyLimit(p.provider_id, p.max_concurrency, p.concurrency_wait_ms / 1000.0),
+                health=ProviderHealth(p.provider_id),
+                credential=credential,
+            )
         self.models: dict[str, RegisteredModel] = {}
         kinds = {p.provider_id: p.kind for p in config.providers}
         for m in config.models:
-            if not m.enabled or m.provider_id not in self.providers:
+            if not m.enabled or m.provider_id not in self.runtimes:
                 continue
             self.models[m.model_id] = _register(m, kinds[m.provider_id])
         self.defaults = {
@@ -78,8 +147,12 @@ class ProviderRegistry:
             "audio_transcription": config.default_audio_transcription_model_id,
         }
 
-    def resolve(self, model_id: str | None, role: str) -> tuple[RegisteredModel, Provider]:
-        """The model a request names (or the role's default) and the adapter that serves it."""
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return {pid: rt.provider for pid, rt in self.runtimes.items()}
+
+    def resolve(self, model_id: str | None, role: str) -> RegisteredModel:
+        """The model a request names (or the role's default)."""
         if not model_id:
             model_id = self.defaults.get(role)
             if not model_id:
@@ -101,11 +174,49 @@ class ProviderRegistry:
                 code="model_role_mismatch",
                 param="model",
             )
-        return entry, self.providers[entry.config.provider_id]
+        return entry
+
+    def candidates(
+        self, model_id: str | None, role: str, needs: Needs | None = None
+    ) -> list[RegisteredModel]:
+        primary = self.resolve(model_id, role)
+        needs = needs or Needs()
+        explicit = [
+            self.models[fb]
+            for fb in primary.config.fallback_model_ids
+            if fb in self.models and not needs.missing(self.models[fb].target.capabilities)
+        ]
+        missing = needs.missing(primary.target.capabilities)
+        if missing:
+            if explicit:
+                return explicit
+            code, param, why = _NEED_ERRORS[missing[0]]
+            raise InvalidRequest(f"model '{primary.config.model_id}' {why}", code=code, param=param)
+        ordered = [primary, *(m for m in explicit if m is not primary)]
+        if self.config.failover_enabled:
+            seen = {m.config.model_id for m in ordered}
+            others = [
+                m
+                for m in self.models.values()
+                if m.config.role == role
+                and m.config.model_id not in seen
+                and m.config.provider_id != primary.config.provider_id
+                and m.provider_kind != "deterministic"
+                and not needs.missing(m.target.capabilities)
+            ]
+            others.sort(
+                key=lambda m: (
+                    _COST_RANK.get(m.cost_tier, 3),
+                    _LATENCY_RANK.get(m.latency_tier, 3),
+                    m.config.model_id,
+                )
+            )
+            ordered += others
+        return ordered
 
     async def close(self) -> None:
-        for provider in self.providers.values():
-            await provider.close()
+        for runtime in self.runtimes.values():
+            await runtime.provider.close()
 
 
 def _register(m: ModelConfig, kind: str) -> RegisteredModel:

@@ -87,6 +87,9 @@ class ChatRequest:
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     max_tokens: int | None = None
+    # Which name the client used; newer OpenAI models accept only max_completion_tokens, some
+    # OpenAI-compatible servers only max_tokens, so the upstream gets the client's own spelling.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)

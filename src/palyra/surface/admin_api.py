@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from palyra.callers.tokens import TokenService, parse_duration
 from palyra.errors import AuthenticationFailed, InvalidRequest, NotFound, PalyraError
-from palyra.providers.registry import ProviderRegistry
+from palyra.providers.registry import ProviderRegistry, ProviderRuntime
+from palyra.providers.status import probe, provider_status
 from palyra.storage.runs import GROUP_COLUMNS, RunRepository
 from palyra.storage.tokens import TokenRepository
 
@@ -143,6 +144,31 @@ def build_admin_api(
                 }
             )
         return {"object": "list", "data": data}
+
+    @api.get("/providers", dependencies=admin)
+    async def list_providers() -> dict[str, Any]:
+        data = [await provider_status(rt, registry) for rt in registry.runtimes.values()]
+        return {"object": "list", "data": data}
+
+    @api.get("/providers/{provider_id}", dependencies=admin)
+    async def get_provider(provider_id: str) -> dict[str, Any]:
+        return await provider_status(_runtime(provider_id), registry)
+
+    @api.post("/providers/{provider_id}/test", dependencies=admin)
+    async def test_provider(provider_id: str) -> dict[str, Any]:
+        return await probe(_runtime(provider_id), registry, discover=False)
+
+    @api.post("/providers/{provider_id}/discover", dependencies=admin)
+    async def discover_provider(provider_id: str) -> dict[str, Any]:
+        return await probe(_runtime(provider_id), registry, discover=True)
+
+    def _runtime(provider_id: str) -> ProviderRuntime:
+        runtime = registry.runtimes.get(provider_id)
+        if runtime is None:
+            raise NotFound(
+                f"no enabled provider '{provider_id}'; see GET /api/v1/providers", code="provider_not_found"
+            )
+        return runtime
 
     @api.get("/usage/runs", dependencies=admin)
     async def usage_runs(

@@ -332,6 +332,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         parallel_tool_calls=parsed.parallel_tool_calls,
         response_format=rf,
         max_tokens=parsed.max_completion_tokens or parsed.max_tokens,
+        max_tokens_field="max_completion_tokens" if parsed.max_completion_tokens else "max_tokens",
         temperature=parsed.temperature,
         top_p=parsed.top_p,
         stop=stop,

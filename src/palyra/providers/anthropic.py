@@ -1,0 +1,199 @@
+"""The native Anthropic Messages API adapter. Translation is in ``anthropic_translate`` (pure
+functions with golden tests); this module only speaks HTTP. One attempt per call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from palyra.config.models import ProviderConfig
+from palyra.errors import InvalidRequest
+from palyra.providers.anthropic_translate import StreamTranslator, translate_request, translate_response
+from palyra.providers.base import ModelTarget
+from palyra.providers.credentials import CredentialSource, key_or_fail
+from palyra.providers.failures import (
+    FailureClass,
+    UpstreamAttemptError,
+    classify_http,
+    connection_error,
+    malformed_error,
+    timeout_error,
+)
+from palyra.providers.http_client import make_session
+from palyra.providers.sse import read_events
+from palyra.providers.types import (
+    ChatRequest,
+    ChatResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    StreamEvent,
+    TranscriptionRequest,
+    TranscriptionResult,
+)
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+class AnthropicProvider:
+    kind = "anthropic"
+
+    def __init__(self, config: ProviderConfig, credentials: CredentialSource) -> None:
+        self.provider_id = config.provider_id
+        base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        # Accept both https://api.anthropic.com and https://api.anthropic.com/v1 as the base.
+        self.base_url = base[:-3] if base.endswith("/v1") else base
+        self._credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.request_timeout_ms / 1000.0, connect=config.connect_timeout_ms / 1000.0
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout_ms / 1000.0,
+            sock_read=config.request_timeout_ms / 1000.0,
+        )
+        self._pool_size = config.max_concurrency
+        self._allow_private = config.allow_private_base_url
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = make_session(
+                self.provider_id, pool_size=self._pool_size, allow_private=self._allow_private
+            )
+        return self._session
+
+    async def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        headers = {
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+            "accept": accept,
+        }
+        key = await key_or_fail(self._credentials, self.provider_id)
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    async def chat(self, request: ChatRequest, target: ModelTarget) -> ChatResult:
+        translated = translate_request(request, target, stream=False)
+        try:
+            async with self._http().post(
+                self.base_url + "/v1/messages",
+                data=orjson.dumps(translated.body),
+                headers=await self._headers(),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise classify_http(
+                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
+                    )
+        except UpstreamAttemptError:
+            raise
+        except TimeoutError:
+            raise timeout_error(self.provider_id, "/v1/messages") from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self.provider_id, exc) from None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise malformed_error(self.provider_id, "/v1/messages returned a body that is not JSON") from None
+        if not isinstance(body, dict) or body.get("type") != "message":
+            raise malformed_error(self.provider_id, "/v1/messages returned something other than a message")
+        return translate_response(body, json_tool=translated.json_tool)
+
+    async def chat_stream(self, request: ChatRequest, target: ModelTarget) -> AsyncIterator[StreamEvent]:
+        translated = translate_request(request, target, stream=True)
+        translator = StreamTranslator(json_tool=translated.json_tool)
+        try:
+            async with self._http().post(
+                self.base_url + "/v1/messages",
+                data=orjson.dumps(translated.body),
+                headers=await self._headers("text/event-stream"),
+                timeout=self._stream_timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    raise classify_http(
+                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
+                    )
+                stopped = False
+                async for event, payload in read_events(resp.content):
+                    try:
+                        data = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise malformed_error(self.provider_id, f"the {event} event is not JSON") from None
+                    if not isinstance(data, dict):
+                        raise malformed_error(self.provider_id, f"the {event} event is not an object")
+                    name = event if event != "message" else str(data.get("type", ""))
+                    for out in translator.feed(name, data):
+                        yield out
+                    if name == "message_stop":
+                        stopped = True
+                        break
+                if not stopped:
+                    raise UpstreamAttemptError(
+                        failure_class=FailureClass.TRANSIENT,
+                        status=None,
+                        message=f"{self.provider_id} closed the stream before message_stop",
+                        retryable=True,  # only ever retried if nothing reached the client yet
+                        retry_after_s=None,
+                        failover_eligible=True,
+                        provider_id=self.provider_id,
+                    )
+        except UpstreamAttemptError:
+            raise
+        except TimeoutError:
+            raise timeout_error(self.provider_id, "stream") from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self.provider_id, exc) from None
+
+    async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
+        raise InvalidRequest(
+            f"provider '{self.provider_id}' (Anthropic) has no embeddings API; configure an embeddings model "
+            "on another provider",
+            code="unsupported_endpoint",
+            param="model",
+        )
+
+    async def transcribe(self, request: TranscriptionRequest, target: ModelTarget) -> TranscriptionResult:
+        raise InvalidRequest(
+            f"provider '{self.provider_id}' (Anthropic) has no transcription API; configure a transcription "
+            "model on another provider",
+            code="unsupported_endpoint",
+            param="model",
+        )
+
+    async def list_models(self) -> list[str]:
+        headers = await self._headers()
+        try:
+            async with self._http().get(
+                self.base_url + "/v1/models", headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise classify_http(
+                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
+                    )
+        except UpstreamAttemptError:
+            raise
+        except TimeoutError:
+            raise timeout_error(self.provider_id, "/v1/models") from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self.provider_id, exc) from None
+        try:
+            data: Any = orjson.loads(raw)
+            return [str(m["id"]) for m in data["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise malformed_error(self.provider_id, "/v1/models did not return a model list") from None
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+            await asyncio.sleep(0)

@@ -1,0 +1,52 @@
+"""The pooled aiohttp session every HTTP adapter uses, with the SSRF guard in its DNS resolver.
+
+Checking addresses at connection time, not only at start-up, also covers DNS answers that change
+later (rebinding) to a private address.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from palyra.netguard import is_private_address
+
+try:  # aiohttp's own default resolver (aiodns when installed, else the thread pool)
+    from aiohttp.resolver import DefaultResolver
+except ImportError:  # pragma: no cover
+    from aiohttp.resolver import ThreadedResolver as DefaultResolver
+
+import ipaddress
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default but refuses private and special-use addresses."""
+
+    def __init__(self, provider_id: str) -> None:
+        self._inner = DefaultResolver()
+        self._provider_id = provider_id
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if not is_private_address(ipaddress.ip_address(r["host"]))]
+        if not allowed:
+            raise OSError(
+                f"{host} resolves to a private/local address; provider '{self._provider_id}' may only reach "
+                "it with allow_private_base_url = true"
+            )
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def make_session(provider_id: str, *, pool_size: int, allow_private: bool) -> aiohttp.ClientSession:
+    kwargs: dict[str, Any] = {"limit": pool_size, "ttl_dns_cache": 300}
+    if not allow_private:
+        kwargs["resolver"] = GuardedResolver(provider_id)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(**kwargs))
