@@ -37,6 +37,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Validate configuration.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens for the /v1 surface.")
 app.add_typer(config_app, name="config")
 app.add_typer(tokens_app, name="tokens")
+providers_app = typer.Typer(no_args_is_help=True, help="Upstream providers: health and probes.")
+app.add_typer(providers_app, name="providers")
 
 # Piped output keeps whole rows on a line, so grep and less see one run per line.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -244,23 +246,135 @@ def tokens_revoke(token_id: str, config: ConfigOpt = None, as_json: JsonOpt = Fa
 
 def _revoke_via_daemon(cfg: PalyraConfig, token_id: str) -> bool | None:
     """Ask a running daemon to revoke (so its cache forgets the token now). None: no daemon answered."""
+    answer = _daemon_call(cfg, "POST", f"/api/v1/tokens/{token_id}/revoke")
+    if answer is None:
+        return None
+    status, _ = answer
+    if status == 404:
+        fail(f"no token {token_id}", "list tokens with `palyra tokens list`")
+    return status == 200
+
+
+def _daemon_call(cfg: PalyraConfig, method: str, path: str, timeout: float = 15.0) -> tuple[int, Any] | None:
+    """Call the running daemon's admin API; None when no daemon answers on the configured address."""
     state_dir = Path(cfg.server.state_dir).expanduser().resolve()
     try:
         admin_token, _ = load_admin_token(state_dir)
     except OSError:
         return None
     host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-    url = f"http://{host}:{cfg.server.port}/api/v1/tokens/{token_id}/revoke"
-    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {admin_token}"})
+    if ":" in host:
+        host = f"[{host}]"
+    req = urllib.request.Request(
+        f"http://{host}:{cfg.server.port}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
     try:
-        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
-            return bool(resp.status == 200)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            fail(f"no token {token_id}", "list tokens with `palyra tokens list`")
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, None
+    except (urllib.error.URLError, OSError, ValueError):
         return None
-    except (urllib.error.URLError, OSError):
-        return None
+
+
+@providers_app.command("list")
+def providers_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Providers with health, circuit state, load and recent latency (from the running daemon)."""
+    cfg = _load(config)
+    answer = _daemon_call(cfg, "GET", "/api/v1/providers")
+    if answer is None or answer[0] != 200:
+        rows = [
+            {
+                "provider_id": p.provider_id,
+                "kind": p.kind,
+                "base_url": p.base_url,
+                "health": "unknown (daemon not running)",
+            }
+            for p in cfg.model_provider.providers
+        ]
+        if as_json:
+            _emit_json(rows)
+            return
+        err.print(
+            "the daemon is not reachable; showing the configuration only (start it with `palyra serve`)"
+        )
+        table = Table("provider", "kind", "base url", "health")
+        for r in rows:
+            table.add_row(str(r["provider_id"]), str(r["kind"]), str(r["base_url"] or "-"), str(r["health"]))
+        out.print(table)
+        return
+    data = answer[1]["data"]
+    if as_json:
+        _emit_json(data)
+        return
+    table = Table(
+        "provider", "kind", "health", "circuit", "in flight", "requests", "error rate", "p50 ms", "last error"
+    )
+    for p in data:
+        m = p["metrics"]
+        last = m["last_error"]
+        table.add_row(
+            p["provider_id"],
+            p["kind"],
+            p["health"],
+            p["circuit"]["state"],
+            f"{p['concurrency']['in_flight']}/{p['concurrency']['limit']}",
+            str(m["requests"]),
+            f"{m['error_rate']:.1%}",
+            "-" if m["latency_ms_p50"] is None else f"{m['latency_ms_p50']:.1f}",
+            "-" if last is None else f"{last['class']}: {last['message'][:60]}",
+        )
+    out.print(table)
+
+
+@providers_app.command("test")
+def providers_test(
+    provider_id: Annotated[str | None, typer.Argument(help="Provider to probe; all when omitted.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe upstreams (their model list): address, credential and API shape in one call."""
+    cfg = _load(config)
+    ids = [provider_id] if provider_id else [p.provider_id for p in cfg.model_provider.providers if p.enabled]
+    results = []
+    for pid in ids:
+        answer = _daemon_call(cfg, "POST", f"/api/v1/providers/{pid}/test")
+        if answer is None:
+            results.append(_probe_locally(cfg, pid))
+        elif answer[0] == 404:
+            fail(f"no enabled provider {pid!r}", "see `palyra providers list`")
+        else:
+            results.append(answer[1])
+    if as_json:
+        _emit_json(results)
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r["state"] == "ok" else f"[red]{r['state']}[/]"
+            out.print(f"{r['provider_id']}: {mark} {r.get('message', '')} ({r.get('latency_ms', '-')} ms)")
+    if any(r["state"] != "ok" for r in results):
+        raise typer.Exit(1)
+
+
+def _probe_locally(cfg: PalyraConfig, provider_id: str) -> dict[str, Any]:
+    from palyra.providers.registry import ProviderRegistry
+    from palyra.providers.status import probe
+
+    async def go() -> dict[str, Any]:
+        registry = ProviderRegistry(cfg.model_provider)
+        try:
+            runtime = registry.runtimes.get(provider_id)
+            if runtime is None:
+                fail(f"no enabled provider {provider_id!r}", "see `palyra providers list`")
+            return await probe(runtime, registry, discover=False)
+        finally:
+            await registry.close()
+
+    return asyncio.run(go())
 
 
 @app.command()

@@ -604,3 +604,90 @@ def test_private_base_url_refused_without_opt_in(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config=config, wait=False)
     assert d.proc.wait(30) == 2
     assert "model_provider.providers[0]" in d.log() and "allow_private_base_url" in d.log()
+
+
+def test_cli_providers_list_and_test(gw: Daemon, ups: Upstreams) -> None:
+    from test_lifecycle import cli
+
+    env = {
+        "PALYRA_STATE_DIR": str(gw.state_dir),
+        "PALYRA_PORT": gw.base_url.rsplit(":", 1)[1],
+        "PALYRA_ADMIN_TOKEN": gw.admin_token,
+        "FAKE_OPENAI_KEY": OPENAI_KEY,
+    }
+    listed = cli("providers", "list", "--json", "--config", str(gw.config_path), env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert {p["provider_id"] for p in json.loads(listed.stdout)} >= {"openai", "anthropic"}
+    table = cli("providers", "list", "--config", str(gw.config_path), env=env)
+    assert "openai" in table.stdout and "circuit" in table.stdout
+    tested = cli("providers", "test", "openai", "--config", str(gw.config_path), env=env)
+    assert tested.returncode == 0 and "ok" in tested.stdout
+    ups.oa.script("/v1/models", FakeOpenAI.error_reply(401))
+    failed = cli("providers", "test", "openai", "--json", "--config", str(gw.config_path), env=env)
+    assert failed.returncode == 1 and json.loads(failed.stdout)[0]["state"] == "auth_failed"
+    # With no daemon on the configured port the probe runs from the CLI itself.
+    env["PALYRA_PORT"] = "1"
+    local = cli("providers", "test", "openai", "--json", "--config", str(gw.config_path), env=env)
+    assert local.returncode == 0, local.stderr + local.stdout
+    assert json.loads(local.stdout)[0]["state"] == "ok"
+    offline = cli("providers", "list", "--config", str(gw.config_path), env=env)
+    assert "not reachable" in offline.stderr
+
+
+def test_malformed_sse_before_output_fails_over_or_errors(sdk: openai.OpenAI, ups: Upstreams) -> None:
+    ups.oa.script("/v1/chat/completions", Reply(sse=["{this is not json", "[DONE]"]))
+    with pytest.raises(openai.APIStatusError) as info:
+        list(
+            sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+    assert info.value.status_code == 502 and info.value.code == "malformed"
+
+
+def test_utf8_split_across_reads_survives(sdk: openai.OpenAI, ups: Upstreams) -> None:
+    text = "héllo wörld ☃ 日本語 🎉"
+    ups.oa.script("/v1/chat/completions", Reply(split_utf8=True))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {text}"
+    ups.an.script("/v1/messages", Reply(split_utf8=True))
+    chunks = list(
+        sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": text}], stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {text}"
+
+
+def test_anthropic_json_schema_has_no_tool_envelope(sdk: openai.OpenAI, ups: Upstreams) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    ups.an.script(
+        "/v1/messages",
+        Reply(
+            json={
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "json_response", "input": {"city": "Oslo"}}
+                ],
+                "stop_reason": "tool_use",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 4},
+            }
+        ),
+    )
+    out = sdk.chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "where?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert json.loads(out.choices[0].message.content or "") == {"city": "Oslo"}
+    assert out.choices[0].finish_reason == "stop" and not out.choices[0].message.tool_calls
+    assert out.usage is not None and out.usage.prompt_tokens == 14
+    assert out.usage.prompt_tokens_details is not None and out.usage.prompt_tokens_details.cached_tokens == 4
+    sent = ups.an.last.json
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_response"}

@@ -59,6 +59,8 @@ class AnthropicProvider:
         self._pool_size = config.max_concurrency
         self._allow_private = config.allow_private_base_url
         self._session: aiohttp.ClientSession | None = None
+        # Keys this adapter has sent, so upstream error text echoing one is redacted exactly.
+        self._sent_keys: set[str] = set()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -74,6 +76,8 @@ class AnthropicProvider:
             "accept": accept,
         }
         key = await key_or_fail(self._credentials, self.provider_id)
+        if key and len(self._sent_keys) < 8:
+            self._sent_keys.add(key)
         if key:
             headers["x-api-key"] = key
         return headers
@@ -98,7 +102,7 @@ class AnthropicProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "/v1/messages") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -152,7 +156,7 @@ class AnthropicProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "stream") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
 
     async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
         raise InvalidRequest(
@@ -186,7 +190,7 @@ class AnthropicProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "/v1/models") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             data: Any = orjson.loads(raw)
             return [str(m["id"]) for m in data["data"]]

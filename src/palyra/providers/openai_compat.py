@@ -232,6 +232,8 @@ class OpenAICompatibleProvider:
         self._pool_size = config.max_concurrency
         self._allow_private = config.allow_private_base_url
         self._session: aiohttp.ClientSession | None = None
+        # Keys this adapter has sent, so upstream error text echoing one is redacted exactly.
+        self._sent_keys: set[str] = set()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -245,6 +247,8 @@ class OpenAICompatibleProvider:
         if content_type:
             headers["Content-Type"] = content_type
         key = await key_or_fail(self._credentials, self.provider_id)
+        if key and len(self._sent_keys) < 8:
+            self._sent_keys.add(key)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -269,7 +273,7 @@ class OpenAICompatibleProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, path) from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -326,7 +330,7 @@ class OpenAICompatibleProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "stream") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
 
     async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
         body: dict[str, Any] = dict(request.extra)
@@ -387,7 +391,7 @@ class OpenAICompatibleProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "/audio/transcriptions") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             body = orjson.loads(raw)
             text = str(body["text"])
@@ -429,7 +433,7 @@ class OpenAICompatibleProvider:
         except TimeoutError:
             raise timeout_error(self.provider_id, "/models") from None
         except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc) from None
+            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             return [str(m["id"]) for m in orjson.loads(raw)["data"]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
