@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ class DaemonSpec:
     access_log: bool
     database_url: str = ""
     database_schema: str = ""
+    source_dir: str = ""  # a src/ directory to run instead of the installed palyra (PYTHONPATH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +76,12 @@ def write_config(state_dir: Path, port: int, spec: DaemonSpec) -> Path:
     return path
 
 
-def clean_env(state_dir: Path) -> dict[str, str]:
+def clean_env(state_dir: Path, source_dir: str) -> dict[str, str]:
     """The caller's environment without PALYRA_* overrides, which would beat the bench's config file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_") and k != "PYTHONPATH"}
     env["PALYRA_STATE_DIR"] = str(state_dir)
+    if source_dir:
+        env["PYTHONPATH"] = source_dir
     return env
 
 
@@ -90,7 +94,7 @@ class Daemon:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.config_path = write_config(self.state_dir, self.port, spec)
-        self.env = clean_env(self.state_dir)
+        self.env = clean_env(self.state_dir, spec.source_dir)
         self.stdout_path = self.state_dir / "daemon.stdout"
         self.stderr_path = self.state_dir / "daemon.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -114,10 +118,14 @@ class Daemon:
         return self.proc.pid
 
     def start(self) -> None:
-        pin = ["taskset", "-c", str(self.spec.cpu)] if self.spec.cpu is not None else []
+        cpu = self.spec.cpu
+        taskset = cpu is not None and shutil.which("taskset") is not None
+        pin = ["taskset", "-c", str(cpu)] if taskset else []
         cmd = [*pin, *palyra_command(), "serve", "--config", str(self.config_path), "--port", str(self.port)]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        if cpu is not None and not taskset:
+            os.sched_setaffinity(self.proc.pid, {cpu})  # no taskset: pin right after the start
         self.wait_healthy()
         self.token = self.create_token()
 
@@ -212,3 +220,68 @@ def proc_cpu_seconds(pid: int) -> float | None:
     # After the command name: state is fields[0], utime and stime are stat fields 14 and 15.
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """CPU seconds over an interval: the daemon's, PostgreSQL's, all CPUs' busy time, and steal."""
+
+    daemon_s: float
+    postgres_s: float
+    busy_s: float
+    steal_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """Cumulative CPU counters at one instant; ``later.since(earlier)`` is the interval between."""
+
+    daemon_s: float
+    postgres_s: dict[int, float]  # per process, since backends come and go
+    busy_s: float
+    steal_s: float
+
+    def since(self, earlier: CpuSnapshot) -> CpuTimes:
+        postgres = sum(max(0.0, s - earlier.postgres_s.get(pid, 0.0)) for pid, s in self.postgres_s.items())
+        return CpuTimes(
+            self.daemon_s - earlier.daemon_s,
+            postgres,
+            self.busy_s - earlier.busy_s,
+            self.steal_s - earlier.steal_s,
+        )
+
+
+def postgres_cpu_seconds() -> dict[int, float]:
+    """CPU time of every running process named ``postgres`` (the server and its backends)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text(encoding="utf-8").strip() == "postgres":
+                found[int(entry.name)] = proc_cpu_seconds(int(entry.name)) or 0.0
+    return found
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """All CPUs' busy seconds (user, nice, system, irq, softirq) and steal seconds since boot."""
+    with contextlib.suppress(OSError):
+        fields = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        tick = os.sysconf("SC_CLK_TCK")
+        return (user + nice + system + irq + softirq) / tick, steal / tick
+    return 0.0, 0.0
+
+
+def background_cpu_pct(seconds: float = 1.0) -> float:
+    """How busy the machine is before the benchmark starts, in percent of one core."""
+    busy0, steal0 = machine_cpu_seconds()
+    time.sleep(seconds)
+    busy1, steal1 = machine_cpu_seconds()
+    return 100.0 * (busy1 - busy0 + steal1 - steal0) / seconds
+
+
+def cpu_snapshot(pid: int) -> CpuSnapshot:
+    """The daemon's, PostgreSQL's and the whole machine's CPU time; zeros where /proc cannot be read."""
+    busy, steal = machine_cpu_seconds()
+    return CpuSnapshot(proc_cpu_seconds(pid) or 0.0, postgres_cpu_seconds(), busy, steal)

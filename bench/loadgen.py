@@ -109,50 +109,65 @@ class Client:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.sent = 0
 
     def unary(self, path: str, body: bytes) -> RequestFn:
         """A non-streaming POST; the whole body is read before the clock stops."""
         url = self.base_url + path
 
         async def call() -> Outcome:
+            self.sent += 1
             started = time.perf_counter()
             try:
                 async with self.session.post(url, data=body, headers=self.headers) as resp:
                     payload = await resp.read()
                     latency = time.perf_counter() - started
                     if resp.status != 200:
-                        return Outcome(latency, error=f"HTTP {resp.status}", detail=payload.decode(errors="replace"))
+                        return _http_error(latency, resp.status, payload)
                     return Outcome(latency, overhead_ms=_overhead(resp))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                return Outcome(time.perf_counter() - started, error=type(exc).__name__, detail=str(exc))
+                return _client_error(started, exc)
 
         return call
 
     def streaming(self, path: str, body: bytes) -> RequestFn:
-        """A streaming POST; the whole SSE body is read, and it must end with ``data: [DONE]``."""
+        """A streaming POST; the whole SSE body is read, and it must end with ``data: [DONE]``.
+
+        Time to first byte runs from sending the request to the first chunk of the body.
+        """
         url = self.base_url + path
 
         async def call() -> Outcome:
+            self.sent += 1
             started = time.perf_counter()
             first: float | None = None
             tail = b""
             try:
                 async with self.session.post(url, data=body, headers=self.headers) as resp:
+                    if resp.status != 200:
+                        payload = await resp.read()
+                        return _http_error(time.perf_counter() - started, resp.status, payload)
                     async for chunk in resp.content.iter_any():
                         if first is None:
                             first = time.perf_counter()
                         tail = (tail + chunk)[-64:]
                     latency = time.perf_counter() - started
-                    if resp.status != 200:
-                        return Outcome(latency, error=f"HTTP {resp.status}", detail=tail.decode(errors="replace"))
-                    if b"data: [DONE]" not in tail:
-                        return Outcome(latency, error="stream without [DONE]", detail=tail.decode(errors="replace"))
-                    ttfb = (first if first is not None else started) - started
-                    return Outcome(latency, overhead_ms=_overhead(resp), ttfb_s=ttfb)
+                    if first is None or b"data: [DONE]" not in tail:
+                        detail = tail.decode(errors="replace")
+                        return Outcome(latency, error="stream without [DONE]", detail=detail)
+                    return Outcome(latency, overhead_ms=_overhead(resp), ttfb_s=first - started)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                return Outcome(time.perf_counter() - started, error=type(exc).__name__, detail=str(exc))
+                return _client_error(started, exc)
 
         return call
+
+
+def _http_error(latency: float, status: int, payload: bytes) -> Outcome:
+    return Outcome(latency, error=f"HTTP {status}", detail=payload.decode(errors="replace"))
+
+
+def _client_error(started: float, exc: Exception) -> Outcome:
+    return Outcome(time.perf_counter() - started, error=type(exc).__name__, detail=str(exc))
 
 
 def _prepare() -> tuple[float, float]:

@@ -18,14 +18,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from palyra.auth.audit import AuditLog
+from palyra.auth.credential import AuthProfileCredential
+from palyra.auth.oauth import OAuthClient, PendingAttempts
+from palyra.auth.profiles import ProfileRepository
+from palyra.auth.service import AuthService
 from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService
-from palyra.config.models import PalyraConfig
+from palyra.config.models import PalyraConfig, ProviderConfig
 from palyra.gateway import Gateway
 from palyra.journal import JournalWriter
 from palyra.metrics import Metrics
+from palyra.providers.credentials import CredentialSource
 from palyra.providers.dispatch import Dispatcher
-from palyra.providers.registry import ProviderRegistry
+from palyra.providers.registry import ProviderRegistry, credential_for
 from palyra.providers.status import provider_status
 from palyra.shared_state import InProcessCounterStore
 from palyra.storage.db import Database, database_url_for
@@ -33,6 +39,8 @@ from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
 from palyra.surface.admin_api import build_admin_api
 from palyra.surface.openai_http import OpenAISurface
+from palyra.vault.keys import load_master_key
+from palyra.vault.store import Vault
 
 
 @dataclass
@@ -48,6 +56,11 @@ class Components:
     metrics: Metrics
     admin_token: str
     admin_token_source: str
+    vault: Vault
+    auth: AuthService
+    audit: AuditLog
+    oauth: OAuthClient
+    attempts: PendingAttempts
 
 
 def state_dir_of(config: PalyraConfig) -> Path:
@@ -61,7 +74,19 @@ def build_components(config: PalyraConfig) -> Components:
     db = Database(
         database_url_for(config.server.database_url, state_dir), schema=config.server.database_schema
     )
-    registry = ProviderRegistry(config.model_provider)
+    vault = Vault(db, load_master_key(state_dir))
+    audit = AuditLog(db)
+    oauth = OAuthClient(allow_private=any(o.allow_private for o in config.auth.oauth.values()))
+    auth = AuthService(
+        ProfileRepository(db), vault, audit, oauth, config, cache_ttl_s=config.auth.profile_cache_ttl_s
+    )
+
+    def credentials(provider: ProviderConfig) -> CredentialSource:
+        if provider.auth_profile_id:
+            return AuthProfileCredential(auth, provider)
+        return credential_for(provider)
+
+    registry = ProviderRegistry(config.model_provider, credentials=credentials)
     token_repo = TokenRepository(db)
     tokens = TokenService(
         token_repo,
@@ -93,6 +118,11 @@ def build_components(config: PalyraConfig) -> Components:
         metrics=Metrics(),
         admin_token=admin_token,
         admin_token_source=admin_source,
+        vault=vault,
+        auth=auth,
+        audit=audit,
+        oauth=oauth,
+        attempts=PendingAttempts(),
     )
 
 
@@ -108,9 +138,7 @@ def build_app(config: PalyraConfig) -> Starlette:
         started_at=int(time.time()),
         access_log_enabled=config.server.access_log,
     )
-    admin = build_admin_api(
-        admin_token=c.admin_token, tokens=c.tokens, token_repo=c.token_repo, runs=c.runs, registry=c.registry
-    )
+    admin = build_admin_api(c)
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -150,11 +178,14 @@ def build_app(config: PalyraConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await c.db.start()
+        await c.vault.check_master_key()
         c.journal.start()
         try:
             yield
         finally:
             await c.journal.close()
+            await c.auth.drain()
+            await c.oauth.close()
             await c.registry.close()
             await c.db.close()
 

@@ -39,6 +39,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(tokens_app, name="tokens")
 providers_app = typer.Typer(no_args_is_help=True, help="Upstream providers: health and probes.")
 app.add_typer(providers_app, name="providers")
+auth_app = typer.Typer(no_args_is_help=True, help="Auth profiles: provider credentials kept in the vault.")
+app.add_typer(auth_app, name="auth")
 
 # Piped output keeps whole rows on a line, so grep and less see one run per line.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -377,6 +379,198 @@ def _probe_locally(cfg: PalyraConfig, provider_id: str) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+def _run_auth(cfg: PalyraConfig, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(service)`` with an AuthService over the shared database and vault."""
+    from palyra.auth.audit import AuditLog
+    from palyra.auth.oauth import OAuthClient
+    from palyra.auth.profiles import ProfileRepository
+    from palyra.auth.service import AuthService
+    from palyra.vault.keys import load_master_key
+    from palyra.vault.store import Vault
+
+    async def go(db: Database) -> T:
+        state_dir = Path(cfg.server.state_dir).expanduser().resolve()
+        vault = Vault(db, load_master_key(state_dir))
+        await vault.check_master_key()
+        allow_private = any(o.allow_private for o in cfg.auth.oauth.values())
+        oauth = OAuthClient(allow_private=allow_private)
+        service = AuthService(ProfileRepository(db), vault, AuditLog(db), oauth, cfg, cache_ttl_s=0)
+        try:
+            return await work(service)
+        finally:
+            await service.drain()
+            await oauth.close()
+
+    return _run_db(cfg, go)
+
+
+def _read_secret_from_stdin(what: str) -> str:
+    import getpass
+
+    value = getpass.getpass(f"{what} (input hidden): ") if sys.stdin.isatty() else sys.stdin.read()
+    value = value.strip()
+    if not value:
+        fail(
+            f"no {what} on standard input",
+            "pipe it in, e.g. `printenv OPENAI_API_KEY | palyra auth add-key ...`",
+        )
+    return value
+
+
+@auth_app.command("add-key")
+def auth_add_key(
+    provider: Annotated[str, typer.Option("--provider", help="openai, anthropic or custom.")],
+    profile_id: Annotated[str, typer.Option("--profile-id", help="Profile id (reuse one to rotate).")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Scope the profile to one agent.")] = None,
+    custom_name: Annotated[str | None, typer.Option("--custom-name", help="For --provider custom.")] = None,
+    provider_id: Annotated[
+        str | None,
+        typer.Option("--provider-id", help="Configured provider whose base_url validates the key."),
+    ] = None,
+    no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the upstream check.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store an API key (read from stdin, never argv) in the vault under an auth profile."""
+    from palyra.auth.key_check import KeyCheckFailed
+    from palyra.auth.profiles import ProfileError
+
+    cfg = _load(config)
+    key = _read_secret_from_stdin("API key")
+
+    async def work(service: Any) -> tuple[dict[str, Any], bool]:
+        try:
+            profile, rotated = await service.add_api_key(
+                provider=provider,
+                api_key=key,
+                profile_name=name,
+                profile_id=profile_id,
+                agent_id=agent,
+                custom_name=custom_name,
+                validate=not no_validate,
+                provider_id=provider_id,
+            )
+        except ProfileError as exc:
+            fail(f"{exc.field}: {exc.message}", "fix the option named above")
+        except KeyCheckFailed as exc:
+            fail(
+                f"the key was not stored: {exc.message}",
+                "check the key, or pass --no-validate to store it unchecked",
+            )
+        return await service.view(profile), rotated
+
+    view, rotated = _run_auth(cfg, work)
+    if as_json:
+        _emit_json(view)
+        return
+    verb = "rotated" if rotated else "saved"
+    out.print(f"{verb} auth profile {view['profile_id']} ({view['provider']}, {view['health']})")
+
+
+@auth_app.command("list")
+def auth_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Auth profiles with health (static | ok | expiring | expired | missing); never secrets."""
+    cfg = _load(config)
+
+    async def work(service: Any) -> list[dict[str, Any]]:
+        return [await service.view(p) for p in await service.repo.list(limit=500)]
+
+    views = _run_auth(cfg, work)
+    if as_json:
+        _emit_json(views)
+        return
+    table = Table("profile", "provider", "type", "scope", "health", "eligibility", "expires")
+    for v in views:
+        scope = "global" if v["scope"]["kind"] == "global" else f"agent:{v['scope']['agent_id']}"
+        table.add_row(
+            v["profile_id"],
+            v["provider"],
+            v["credential"]["type"],
+            scope,
+            v["health"],
+            v["eligibility"],
+            _ts(v["credential"]["expires_at"]),
+        )
+    out.print(table)
+
+
+@auth_app.command("show")
+def auth_show(profile_id: str, config: ConfigOpt = None) -> None:
+    """One profile in full (JSON), without secrets."""
+    cfg = _load(config)
+
+    async def work(service: Any) -> dict[str, Any] | None:
+        profile = await service.repo.get(profile_id)
+        return None if profile is None else await service.view(profile)
+
+    view = _run_auth(cfg, work)
+    if view is None:
+        fail(f"no auth profile {profile_id!r}", "see `palyra auth list`")
+    _emit_json(view)
+
+
+@auth_app.command("refresh")
+def auth_refresh(profile_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Refresh an OAuth profile's access token now."""
+    from palyra.auth.profiles import ProfileError
+
+    cfg = _load(config)
+
+    async def work(service: Any) -> dict[str, Any]:
+        try:
+            return dict(await service.refresh(profile_id, force=True))
+        except ProfileError as exc:
+            fail(exc.message, "see `palyra auth list`")
+
+    outcome = _run_auth(cfg, work)
+    if as_json:
+        _emit_json(outcome)
+    else:
+        out.print(f"{profile_id}: {outcome['state']}: {outcome['message']}")
+    if outcome["state"] in ("failed", "cooldown"):
+        raise typer.Exit(1)
+
+
+@auth_app.command("revoke")
+def auth_revoke(profile_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Revoke (OAuth: at the provider too) and remove a profile and its vault secrets."""
+    from palyra.auth.oauth import OAuthError
+    from palyra.auth.profiles import ProfileError
+
+    cfg = _load(config)
+
+    async def work(service: Any) -> dict[str, Any]:
+        try:
+            return dict(await service.revoke(profile_id))
+        except ProfileError as exc:
+            fail(exc.message, "see `palyra auth list`")
+        except OAuthError as exc:
+            fail(
+                f"{exc}; nothing was removed",
+                "retry later; the provider's revocation endpoint did not answer",
+            )
+
+    outcome = _run_auth(cfg, work)
+    if as_json:
+        _emit_json(outcome)
+    else:
+        out.print(outcome["message"])
+
+
+@auth_app.command("delete")
+def auth_delete(profile_id: str, config: ConfigOpt = None) -> None:
+    """Remove a profile and its vault secrets locally (no call to the provider)."""
+    cfg = _load(config)
+
+    async def work(service: Any) -> bool:
+        return bool(await service.delete(profile_id))
+
+    if not _run_auth(cfg, work):
+        fail(f"no auth profile {profile_id!r}", "see `palyra auth list`")
+    out.print(f"deleted {profile_id} and its vault secrets")
+
+
 @app.command()
 def usage(
     since: Annotated[str, typer.Option("--since", help="How far back, e.g. 7d, 24h.")] = "7d",
@@ -465,6 +659,9 @@ def usage(
 
 
 def main() -> None:
+    from palyra.vault.cli import vault_app
+
+    app.add_typer(vault_app, name="vault", help="The encrypted vault: metadata and master-key rotation.")
     app()
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from palyra.journal import RunRecord
+from palyra.providers.credentials import REQUEST_AGENT
 from palyra.providers.dispatch import AttemptLog, Dispatcher
 from palyra.providers.failures import UpstreamAttemptError, to_client_error
 from palyra.providers.registry import Needs, ProviderRegistry, ProviderRuntime, RegisteredModel
@@ -84,6 +85,7 @@ class Gateway:
         self.dispatcher = dispatcher
 
     async def chat(self, ctx: RunContext, request: ChatRequest) -> ChatResult:
+        REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
         try:
             served = await self.dispatcher.call(
@@ -97,6 +99,7 @@ class Gateway:
     async def chat_stream(self, ctx: RunContext, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Open the stream (retrying and failing over until its first event). The caller pulls the rest;
         usage lands on the run record, estimated from what was streamed if the stream ends early."""
+        REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
         try:
             head, events, _model, runtime = await self.dispatcher.open_stream(
@@ -154,6 +157,7 @@ class Gateway:
             self.dispatcher.finish_stream(runtime, failure, time.perf_counter() - opened)
 
     async def embed(self, ctx: RunContext, request: EmbeddingRequest) -> EmbeddingResult:
+        REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "embeddings")
         try:
             served = await self.dispatcher.call(
@@ -165,6 +169,7 @@ class Gateway:
         return served.value
 
     async def transcribe(self, ctx: RunContext, request: TranscriptionRequest) -> TranscriptionResult:
+        REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "audio_transcription")
         try:
             served = await self.dispatcher.call(

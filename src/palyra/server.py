@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import uvicorn
 
-from palyra.app import build_app
+from palyra.app import Components, build_app
 from palyra.config.models import PalyraConfig
 from palyra.logs import configure_logging
+from palyra.vault.errors import VaultError
 
 
 def serve(config: PalyraConfig, *, announce: bool = True) -> None:
     configure_logging(config.server.log_level)
     app = build_app(config)
     c = app.state.components
+    asyncio.run(_preflight(c))
     if announce:
         host, port = config.server.host, config.server.port
         shown = f"[{host}]" if ":" in host else host
@@ -38,3 +41,25 @@ def serve(config: PalyraConfig, *, announce: bool = True) -> None:
         backlog=4096,
     )
     uvicorn.Server(uv_config).run()
+
+
+async def _preflight(c: Components) -> None:
+    """Fail fast, with a message and a fix, on what would otherwise be a traceback at start-up."""
+    try:
+        await c.db.start()
+        await c.vault.check_master_key()
+    except VaultError as exc:
+        print(f"palyra: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0][:300]
+        print(f"palyra: cannot open the database: {type(exc).__name__}: {first}", file=sys.stderr)
+        print(
+            "hint: check server.database_url / PALYRA_DATABASE_URL and that the database is reachable",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    finally:
+        await c.db.close()

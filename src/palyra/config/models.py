@@ -38,6 +38,8 @@ class ServerConfig(Frozen):
     token_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     default_token_rate_limit_per_minute: Annotated[int, Field(ge=0)] = 0
     graceful_shutdown_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # The address users reach Palyra at (behind a proxy); OAuth callbacks are built from it.
+    public_base_url: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -224,6 +226,37 @@ class MemoryConfig(Frozen):
     max_bytes: Annotated[int, Field(ge=0)] = 0
 
 
+class OAuthEndpointsConfig(Frozen):
+    """Where a provider's OAuth authorization server lives (defaults: OpenAI's)."""
+
+    authorize_url: str = "https://auth.openai.com/authorize"
+    token_url: str = "https://auth0.openai.com/oauth/token"
+    revoke_url: str | None = "https://auth0.openai.com/oauth/revoke"
+    audience: str | None = "https://api.openai.com/v1"
+    allow_private: bool = False
+
+    @model_validator(mode="after")
+    def _urls(self) -> OAuthEndpointsConfig:
+        for name in ("authorize_url", "token_url", "revoke_url"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                object.__setattr__(
+                    self, name, validate_base_url(value, allow_private=self.allow_private, field=name)
+                )
+            except UnsafeUrl as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
+class AuthConfig(Frozen):
+    # Keyed by auth provider (openai today). Only providers listed here, or openai with its defaults,
+    # can be connected with OAuth.
+    oauth: dict[str, OAuthEndpointsConfig] = Field(default_factory=lambda: {"openai": OAuthEndpointsConfig()})
+    profile_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+
 class PalyraConfig(Frozen):
     server: ServerConfig = ServerConfig()
     model_provider: ModelProviderConfig = ModelProviderConfig()
@@ -232,3 +265,4 @@ class PalyraConfig(Frozen):
     pricing: tuple[PricingConfig, ...] = ()
     cron: CronConfig = CronConfig()
     memory: MemoryConfig = MemoryConfig()
+    auth: AuthConfig = AuthConfig()

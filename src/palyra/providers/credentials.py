@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Protocol
+
+# The agent a request acts as; set by the gateway for the request's task, read by credential sources
+# that choose a credential per agent (auth profiles).
+REQUEST_AGENT: ContextVar[str | None] = ContextVar("palyra_request_agent", default=None)
 
 
 class CredentialSource(Protocol):
@@ -16,6 +21,14 @@ class CredentialSource(Protocol):
 
     def describe(self) -> str:
         """Where the key comes from, for operators; never the key."""
+        ...
+
+    def feedback(self, failure_class: str | None) -> None:
+        """How the last attempt that used this source's key ended (None: success)."""
+        ...
+
+    async def configured(self) -> bool:
+        """Whether a key is there to be used at all (for status views; no refresh, no agent rules)."""
         ...
 
 
@@ -35,6 +48,12 @@ class EnvCredential:
     def describe(self) -> str:
         return f"env:{self.name}"
 
+    def feedback(self, failure_class: str | None) -> None:
+        return None
+
+    async def configured(self) -> bool:
+        return bool(self._environ.get(self.name, "").strip())
+
 
 class NoCredential:
     """Upstreams that need no key (a local Ollama or vLLM)."""
@@ -46,6 +65,12 @@ class NoCredential:
 
     def describe(self) -> str:
         return "none"
+
+    def feedback(self, failure_class: str | None) -> None:
+        return None
+
+    async def configured(self) -> bool:
+        return True
 
 
 async def key_or_fail(credential: CredentialSource, provider_id: str) -> str | None:

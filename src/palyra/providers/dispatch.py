@@ -108,6 +108,7 @@ class Dispatcher:
         if error is None:
             runtime.breaker.record_success()
             runtime.health.record_success(elapsed_s)
+            runtime.credential.feedback(None)
             self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
         else:
             self._record_failure(runtime, error, elapsed_s)
@@ -177,6 +178,7 @@ class Dispatcher:
                     else:
                         runtime.breaker.record_success()
                         runtime.health.record_success(elapsed)
+                        runtime.credential.feedback(None)
                         self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
                     return value, model, runtime
             finally:
@@ -197,6 +199,7 @@ class Dispatcher:
 
     def _record_failure(self, runtime: ProviderRuntime, err: UpstreamAttemptError, elapsed_s: float) -> None:
         runtime.health.record_failure(err.failure_class.value, err.message, err.status, elapsed_s)
+        runtime.credential.feedback(err.failure_class.value)
         self._metrics.upstream_attempts.labels(runtime.config.provider_id, "error").inc()
         if err.failure_class in _BREAKER_CLASSES:
             runtime.breaker.record_failure()

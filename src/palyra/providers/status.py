@@ -16,7 +16,7 @@ PROBE_TIMEOUT_S = 10.0
 async def provider_status(runtime: ProviderRuntime, registry: ProviderRegistry) -> dict[str, Any]:
     cfg = runtime.config
     credential = runtime.credential
-    has_credential = not credential.needs_key or (await credential.api_key()) is not None
+    has_credential = await credential.configured()
     circuit = runtime.breaker.state
     return {
         "provider_id": cfg.provider_id,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -71,3 +72,65 @@ runs = Table(
 Index("ix_runs_created_at", runs.c.created_at)
 Index("ix_runs_agent_created", runs.c.agent_id, runs.c.created_at)
 Index("ix_runs_token_created", runs.c.token_id, runs.c.created_at)
+
+auth_profiles = Table(
+    "auth_profiles",
+    metadata,
+    Column("profile_id", String(128), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("custom_name", String(64), nullable=True),
+    Column("profile_name", String(256), nullable=False),
+    Column("agent_id", String(128), nullable=True),
+    Column("credential_type", String(16), nullable=False),
+    Column("api_key_ref", String(300), nullable=True),
+    Column("access_token_ref", String(300), nullable=True),
+    Column("refresh_token_ref", String(300), nullable=True),
+    Column("client_secret_ref", String(300), nullable=True),
+    Column("client_id", String(256), nullable=True),
+    Column("token_url", String(1000), nullable=True),
+    Column("revoke_url", String(1000), nullable=True),
+    Column("scopes", String(1000), nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("refresh_failures", Integer, nullable=False, default=0),
+    Column("refresh_last_error", String(200), nullable=True),
+    Column("refresh_last_attempt", Float, nullable=True),
+    Column("refresh_last_success", Float, nullable=True),
+    Column("refresh_next_allowed", Float, nullable=True),
+    Column("failure_count", Integer, nullable=False, default=0),
+    Column("last_failure_kind", String(32), nullable=True),
+    Column("last_failure_at", Float, nullable=True),
+    Column("cooldown_until", Float, nullable=True),
+    Column("last_success_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_auth_profiles_provider_agent", auth_profiles.c.provider, auth_profiles.c.agent_id)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("target", String(300), nullable=True),
+    Column("details", Text, nullable=True),
+)
+Index("ix_audit_events_at", audit_events.c.at)
+
+# Envelope-encrypted secrets (palyra.vault). Never plaintext: kek_id names the master key that seals
+# wrapped_dek; the GCM tag is the tail of each ciphertext.
+vault_secrets = Table(
+    "vault_secrets",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("kek_id", String(16), nullable=False),
+    Column("value_nonce", LargeBinary, nullable=False),
+    Column("value_ciphertext", LargeBinary, nullable=False),
+    Column("dek_nonce", LargeBinary, nullable=False),
+    Column("wrapped_dek", LargeBinary, nullable=False),
+    Column("value_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

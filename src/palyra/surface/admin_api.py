@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from palyra.callers.tokens import TokenService, parse_duration
+from palyra.callers.tokens import parse_duration
 from palyra.errors import AuthenticationFailed, InvalidRequest, NotFound, PalyraError
-from palyra.providers.registry import ProviderRegistry, ProviderRuntime
+from palyra.providers.registry import ProviderRuntime
 from palyra.providers.status import probe, provider_status
-from palyra.storage.runs import GROUP_COLUMNS, RunRepository
-from palyra.storage.tokens import TokenRepository
+from palyra.storage.runs import GROUP_COLUMNS
+from palyra.surface.admin_auth import build_auth_router
+from palyra.vault.errors import InvalidRef
+
+if TYPE_CHECKING:
+    from palyra.app import Components
+
+
+log = logging.getLogger("palyra.admin")
 
 
 class TokenCreate(BaseModel):
@@ -36,14 +44,14 @@ def _error(exc: PalyraError) -> JSONResponse:
     )
 
 
-def build_admin_api(
-    *,
-    admin_token: str,
-    tokens: TokenService,
-    token_repo: TokenRepository,
-    runs: RunRepository,
-    registry: ProviderRegistry,
-) -> FastAPI:
+def build_admin_api(c: Components) -> FastAPI:
+    admin_token, tokens, token_repo, runs, registry = (
+        c.admin_token,
+        c.tokens,
+        c.token_repo,
+        c.runs,
+        c.registry,
+    )
     api = FastAPI(
         title="Palyra admin API",
         version="1",
@@ -65,6 +73,15 @@ def build_admin_api(
     @api.exception_handler(PalyraError)
     async def _palyra_error(_request: Request, exc: PalyraError) -> JSONResponse:
         return _error(exc)
+
+    @api.exception_handler(InvalidRef)
+    async def _bad_ref(_request: Request, exc: InvalidRef) -> JSONResponse:
+        return _error(InvalidRequest(str(exc), code="invalid_vault_ref", param="scope"))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in the admin API")
+        return _error(PalyraError("internal error; the daemon log has the details"))
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -199,6 +216,11 @@ def build_admin_api(
         rows = await runs.totals(since=_since(since), by=by)
         return {"object": "list", "since": _since(since), "by": by, "data": rows}
 
+    api.include_router(
+        build_auth_router(
+            service=c.auth, vault=c.vault, audit=c.audit, attempts=c.attempts, config=c.config, admin=admin
+        )
+    )
     return api
 
 

@@ -1,0 +1,1 @@
+"""Provider credentials obtained through OAuth: the protocol client and its in-memory attempts."""
