@@ -350,6 +350,32 @@ def test_oauth_expiring_token_is_refreshed_before_use(gw: Daemon, env: Env, toke
             c.delete("/auth/profiles/openai-oauth")
 
 
+def test_oauth_token_refused_upstream_is_refreshed_on_next_use(gw: Daemon, env: Env, token: str) -> None:
+    flow = oauth_connect(gw, env)
+    assert flow["status"]["state"] == "succeeded"
+    try:
+        env.open.script("/v1/chat/completions", FakeOpenAI.error_reply(401))
+        assert chat(gw, token, "oauth-model").status_code == 502
+        grants = len(
+            [r for r in env.auth.token_requests if r.form and r.form.get("grant_type") == "refresh_token"]
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with gw.admin() as c:
+                if c.get("/auth/profiles/openai-oauth").json()["last_failure_kind"] == "refresh_due":
+                    break
+            time.sleep(0.05)
+        assert chat(gw, token, "oauth-model").status_code == 200
+        after = len(
+            [r for r in env.auth.token_requests if r.form and r.form.get("grant_type") == "refresh_token"]
+        )
+        assert after == grants + 1
+        assert env.auth.is_valid_access_token(env.open.last.headers["authorization"].removeprefix("Bearer "))
+    finally:
+        with gw.admin() as c:
+            c.delete("/auth/profiles/openai-oauth")
+
+
 def test_oauth_denial_and_failed_refresh_backoff(gw: Daemon, env: Env) -> None:
     env.auth.deny_next = True
     flow = oauth_connect(gw, env)

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,10 +108,12 @@ class AuthService:
         self._secrets: dict[str, tuple[str | None, float]] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._accessed: set[str] = set()
 
     # --- cache ---------------------------------------------------------------------------------
 
     def invalidate(self) -> None:
+        self._accessed.clear()
         self._profiles.clear()
         self._overrides.clear()
         self._secrets.clear()
@@ -189,13 +191,30 @@ class AuthService:
             secret = await self._secret(chosen.api_key_ref)
         else:
             if chosen.expires_at is not None and chosen.expires_at - now <= EXPIRY_REFRESH_WINDOW_S:
-                await self.refresh(chosen.profile_id, force=True, reason="expiring before use")
+                outcome = await self.refresh(chosen.profile_id, force=True, reason="expiring before use")
                 chosen = await self._profile(chosen.profile_id) or chosen
+                if outcome["state"] != "refreshed" and (chosen.expires_at or 0) <= now:
+                    raise CredentialUnavailable(
+                        f"auth profile '{chosen.profile_id}' has an expired access token and the refresh "
+                        f"failed ({outcome['message']}); reconnect it or retry later",
+                        kind="expired",
+                    )
             secret = await self._secret(chosen.access_token_ref)
         if not secret:
             raise CredentialUnavailable(
                 f"auth profile '{chosen.profile_id}' has no secret in the vault; rotate it with "
                 f"`palyra auth add-key --profile-id {chosen.profile_id}`"
+            )
+        if chosen.profile_id not in self._accessed:
+            self._accessed.add(chosen.profile_id)
+            self._spawn(
+                self.audit.record(
+                    "secret.accessed",
+                    target=chosen.profile_id,
+                    actor="system:gateway",
+                    provider_id=provider.provider_id,
+                    agent_id=agent_id,
+                )
             )
         return Resolved(chosen.profile_id, secret)
 
@@ -208,7 +227,10 @@ class AuthService:
 
     def feedback(self, profile_id: str, failure_class: str | None) -> None:
         """Record the outcome of a call made with this profile (off the request path)."""
-        task = asyncio.get_running_loop().create_task(self._feedback(profile_id, failure_class))
+        self._spawn(self._feedback(profile_id, failure_class))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -226,6 +248,18 @@ class AuthService:
                     self._profiles.pop(profile_id, None)
                 return
             kind = FAILURE_KIND.get(failure_class, "transient")
+            if kind == "auth_invalid" and profile.credential_type == "oauth":
+                # A refused access token is most likely expired early: refresh before the next use
+                # rather than locking the profile out.
+                await self.repo.update_fields(
+                    profile_id,
+                    failure_count=profile.failure_count + 1,
+                    last_failure_kind="refresh_due",
+                    last_failure_at=now,
+                    expires_at=now,
+                )
+                self._profiles.pop(profile_id, None)
+                return
             cooldown = COOLDOWN_S.get(kind)
             await self.repo.update_fields(
                 profile_id,
@@ -305,11 +339,13 @@ class AuthService:
         ref = vault_ref(profile, "api_key")
         profile = profile.with_changes(api_key_ref=str(ref))
         await self.vault.put(ref, key)
+        await self.audit.record("secret.updated", target=str(ref), actor="system:auth", profile_id=pid)
         await self.repo.save(profile)
         if existing is not None:
             # A rotation that changed the scope (or type) must not orphan the old secrets.
             for old in set(existing.refs()) - set(profile.refs()):
-                await self.vault.delete(old)
+                if await self.vault.delete(old):
+                    await self.audit.record("secret.deleted", target=old, actor="system:auth", profile_id=pid)
         self.invalidate()
         action = "auth.profile.rotated" if existing else "auth.profile.saved"
         await self.audit.record(
@@ -512,7 +548,10 @@ class AuthService:
 
     async def _remove(self, profile: AuthProfile) -> None:
         for ref in profile.refs():
-            await self.vault.delete(ref)
+            if await self.vault.delete(ref):
+                await self.audit.record(
+                    "secret.deleted", target=ref, actor="system:auth", profile_id=profile.profile_id
+                )
         await self.repo.delete(profile.profile_id)
         self.invalidate()
 
