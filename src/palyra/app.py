@@ -5,6 +5,7 @@ Nothing else constructs components or reads configuration; modules receive what 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,11 @@ from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService
 from palyra.config.models import PalyraConfig, ProviderConfig
 from palyra.gateway import Gateway
+from palyra.governance.alerts import AlertLog
+from palyra.governance.budgets import BudgetLedger, Policy
+from palyra.governance.pricing import PriceTable
+from palyra.governance.service import Governance
+from palyra.governance.tokenizer import default_tokenizer
 from palyra.journal import JournalWriter
 from palyra.metrics import Metrics
 from palyra.providers.credentials import CredentialSource
@@ -38,6 +44,7 @@ from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
 from palyra.surface.admin_api import build_admin_api
+from palyra.surface.admin_governance import load_admin_policies, load_admin_prices
 from palyra.surface.openai_http import OpenAISurface
 from palyra.vault.keys import load_master_key
 from palyra.vault.store import Vault
@@ -57,6 +64,8 @@ class Components:
     admin_token: str
     admin_token_source: str
     vault: Vault
+    governance: Governance
+    alerts: AlertLog
     auth: AuthService
     audit: AuditLog
     oauth: OAuthClient
@@ -106,6 +115,28 @@ def build_components(config: PalyraConfig) -> Components:
         after_flush=after_flush,
     )
     admin_token, admin_source = load_admin_token(state_dir)
+    metrics = Metrics()
+    alerts = AlertLog(db)
+    governance: Governance | None = None
+
+    async def spend(policy: Policy, since: float) -> list[tuple[int, float]]:
+        return await runs.spend_by_minute(metric=policy.metric, scope=policy.scope, since=since)
+
+    ledger = BudgetLedger(
+        [Policy.from_config(b) for b in config.budgets],
+        spend,
+        lambda policy, window, spent, limit: (
+            governance.on_soft_limit(policy, window, spent, limit) if governance else None
+        ),
+    )
+    governance = Governance(
+        prices=PriceTable.from_config(config.pricing),
+        ledger=ledger,
+        alerts=alerts,
+        registry=registry,
+        routing_mode=config.routing.mode,
+        metrics=metrics,
+    )
     return Components(
         config=config,
         state_dir=state_dir,
@@ -115,7 +146,9 @@ def build_components(config: PalyraConfig) -> Components:
         token_repo=token_repo,
         runs=runs,
         journal=journal,
-        metrics=Metrics(),
+        metrics=metrics,
+        governance=governance,
+        alerts=alerts,
         admin_token=admin_token,
         admin_token_source=admin_source,
         vault=vault,
@@ -129,7 +162,7 @@ def build_components(config: PalyraConfig) -> Components:
 def build_app(config: PalyraConfig) -> Starlette:
     c = build_components(config)
     surface = OpenAISurface(
-        gateway=Gateway(c.registry, Dispatcher(c.registry.runtimes, c.metrics)),
+        gateway=Gateway(c.registry, Dispatcher(c.registry.runtimes, c.metrics), c.governance),
         tokens=c.tokens,
         journal=c.journal,
         metrics=c.metrics,
@@ -179,11 +212,18 @@ def build_app(config: PalyraConfig) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await c.db.start()
         await c.vault.check_master_key()
+        # The tokenizer takes ~0.2 s to build; pay it at start, not on the first request.
+        await asyncio.get_running_loop().run_in_executor(None, default_tokenizer().load)
+        for policy in await load_admin_policies(c.db):
+            c.governance.ledger.set_policy(policy)
+        for price in await load_admin_prices(c.db):
+            c.governance.prices.set(price)
         c.journal.start()
         try:
             yield
         finally:
             await c.journal.close()
+            await c.alerts.drain()
             await c.auth.drain()
             await c.oauth.close()
             await c.registry.close()

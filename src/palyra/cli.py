@@ -41,6 +41,10 @@ providers_app = typer.Typer(no_args_is_help=True, help="Upstream providers: heal
 app.add_typer(providers_app, name="providers")
 auth_app = typer.Typer(no_args_is_help=True, help="Auth profiles: provider credentials kept in the vault.")
 app.add_typer(auth_app, name="auth")
+budgets_app = typer.Typer(no_args_is_help=True, help="Budgets and their alerts.")
+app.add_typer(budgets_app, name="budgets")
+routing_app = typer.Typer(no_args_is_help=True, help="Smart routing decisions.")
+app.add_typer(routing_app, name="routing")
 
 # Piped output keeps whole rows on a line, so grep and less see one run per line.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -160,6 +164,10 @@ def tokens_create(
     rate_limit_per_minute: Annotated[
         int | None, typer.Option("--rate-limit-per-minute", help="Requests per minute; 0 unlimited.")
     ] = None,
+    routing_mode: Annotated[
+        str | None,
+        typer.Option("--routing-mode", help="Override routing.mode: off|suggest|dry_run|enforced."),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -180,6 +188,7 @@ def tokens_create(
             agent_id=agent,
             expires_in_s=expires,
             rate_limit_per_minute=rate_limit_per_minute,
+            routing_mode=routing_mode,
         )
         return record.public(), plaintext
 
@@ -569,6 +578,145 @@ def auth_delete(profile_id: str, config: ConfigOpt = None) -> None:
     if not _run_auth(cfg, work):
         fail(f"no auth profile {profile_id!r}", "see `palyra auth list`")
     out.print(f"deleted {profile_id} and its vault secrets")
+
+
+@budgets_app.command("list")
+def budgets_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Budget policies with spend, reservations and room left in the current window."""
+    cfg = _load(config)
+    answer = _daemon_call(cfg, "GET", "/api/v1/budgets")
+    if answer is not None and answer[0] == 200:
+        rows = answer[1]["data"]
+    else:
+        from palyra.governance.budgets import Policy, window_key, window_start
+        from palyra.surface.admin_governance import load_admin_policies
+
+        async def work(db: Database) -> list[dict[str, Any]]:
+            repo = RunRepository(db)
+            policies = [Policy.from_config(b) for b in cfg.budgets] + await load_admin_policies(db)
+            out = []
+            now = time.time()
+            for p in policies:
+                spent = sum(
+                    a
+                    for _, a in await repo.spend_by_minute(
+                        metric=p.metric, scope=p.scope, since=window_start(p.window, now)
+                    )
+                )
+                out.append(
+                    {
+                        "policy_id": p.policy_id,
+                        "scope": p.scope,
+                        "metric": p.metric,
+                        "window": p.window,
+                        "soft_limit": p.soft_limit,
+                        "hard_limit": p.hard_limit,
+                        "source": p.source,
+                        "window_key": window_key(p.window, now),
+                        "spent": spent,
+                        "reserved": None,
+                        "remaining": None if p.hard_limit is None else max(0.0, p.hard_limit - spent),
+                    }
+                )
+            return out
+
+        rows = _run_db(cfg, work)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("policy", "scope", "metric", "window", "spent", "soft", "hard", "remaining")
+
+    def num(metric: str, v: Any) -> str:
+        return "-" if v is None else (f"{v:.4f}" if metric == "usd" else f"{v:,.0f}")
+
+    for r in rows:
+        m = r["metric"]
+        table.add_row(
+            r["policy_id"],
+            r["scope"],
+            m,
+            f"{r['window']} ({r['window_key']})",
+            num(m, r["spent"]),
+            num(m, r["soft_limit"]),
+            num(m, r["hard_limit"]),
+            num(m, r["remaining"]),
+        )
+    out.print(table)
+
+
+@budgets_app.command("alerts")
+def budgets_alerts(
+    limit: Annotated[int, typer.Option("--limit", help="How many.")] = 50,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Alerts: soft budget limits crossed, unpriced models used."""
+    from palyra.governance.alerts import AlertLog
+
+    cfg = _load(config)
+    rows = _run_db(cfg, lambda db: AlertLog(db).list(limit=limit))
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("time", "kind", "subject", "window", "message", "webhook")
+    for r in rows:
+        table.add_row(
+            _ts(r["at"]), r["kind"], r["subject"], r["window_key"], r["message"], r["webhook_status"] or "-"
+        )
+    out.print(table)
+
+
+@routing_app.command("decisions")
+def routing_decisions(
+    limit: Annotated[int, typer.Option("--limit", help="How many.")] = 20,
+    since: Annotated[str | None, typer.Option("--since", help="e.g. 7d.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Routing decisions with score, recommendation and the saving (or loss) per run and in total."""
+    cfg = _load(config)
+    start = None
+    if since:
+        try:
+            start = time.time() - parse_duration(since)
+        except ValueError as exc:
+            fail(str(exc), "use --since 7d")
+
+    async def work(db: Database) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        repo = RunRepository(db)
+        return await repo.decisions(limit=limit, since=start), await repo.decision_totals(since=start)
+
+    rows, totals = _run_db(cfg, work)
+    if as_json:
+        for row in rows:
+            for key in ("reason_codes", "features", "candidates"):
+                row[key] = json.loads(row[key]) if row[key] else None
+        _emit_json({"data": rows, "totals": totals})
+        return
+    table = Table(
+        "time", "mode", "requested", "recommended", "served", "score", "actual $", "if routed $", "saving $"
+    )
+
+    def money(v: Any) -> str:
+        return "-" if v is None else f"{v:.6f}"
+
+    for r in rows:
+        table.add_row(
+            _ts(r["at"]),
+            r["mode"],
+            r["requested_model"] or "-",
+            r["recommended_model"] or "-",
+            r["served_model"] or "-",
+            "-" if r["score"] is None else f"{r['score']:.2f}",
+            money(r["actual_cost_usd"]),
+            money(r["recommended_cost_usd"]),
+            money(r["saving_usd"]),
+        )
+    out.print(table)
+    out.print(
+        f"{totals['decisions']} decision(s); total saving {money(totals['saving_usd'])} USD "
+        "(dry_run: what following the router would have saved; enforced: what it saved)"
+    )
 
 
 @app.command()

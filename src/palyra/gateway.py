@@ -11,6 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from palyra.governance.routing import AUTO_MODEL
+from palyra.governance.service import Admission, Governance
+from palyra.governance.tokenizer import count_chat_tokens, count_tokens
 from palyra.journal import RunRecord
 from palyra.providers.credentials import REQUEST_AGENT
 from palyra.providers.dispatch import AttemptLog, Dispatcher
@@ -28,6 +31,7 @@ from palyra.providers.types import (
     TranscriptionResult,
     Usage,
     UsageReport,
+    UsageSource,
 )
 from palyra.usage_estimate import estimate_tokens
 
@@ -40,6 +44,7 @@ class RunContext:
     started: float = field(default_factory=time.perf_counter)
     attempts: AttemptLog = field(default_factory=AttemptLog)
     model: RegisteredModel | None = None
+    routing_mode: str | None = None  # the caller's token may override the configured mode
 
     @property
     def upstream_s(self) -> float:
@@ -63,6 +68,13 @@ class RunContext:
         r.cache_write_tokens = usage.cache_write_tokens
         r.usage_source = usage.source
 
+    def usage(self) -> Usage | None:
+        r = self.record
+        if r.usage_source is None:
+            return None
+        source: UsageSource = "provider" if r.usage_source == "provider" else "estimated"
+        return Usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cache_write_tokens, source)
+
     def sync_attempts(self) -> None:
         self.record.attempts = self.attempts.attempts
         if self.attempts.failovers:
@@ -80,34 +92,64 @@ def chat_needs(request: ChatRequest) -> Needs:
 
 
 class Gateway:
-    def __init__(self, registry: ProviderRegistry, dispatcher: Dispatcher) -> None:
+    def __init__(self, registry: ProviderRegistry, dispatcher: Dispatcher, governance: Governance) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
+        self.governance = governance
+
+    async def _admit_chat(
+        self, ctx: RunContext, request: ChatRequest
+    ) -> tuple[list[RegisteredModel], Admission]:
+        """Routing decision, candidates, budget reservation: everything before the upstream call."""
+        REQUEST_AGENT.set(ctx.record.agent_id)
+        needs = chat_needs(request)
+        prompt_tokens = count_chat_tokens(request.messages, request.tools, model=request.model)
+        requested = request.model
+        decision = self.governance.route(request, needs, prompt_tokens, ctx.routing_mode)
+        if decision is not None:
+            ctx.record.routing_mode = decision.mode.value
+            ctx.record.routing_recommended_model = decision.recommended_model
+            request.model = decision.served_model
+        elif request.model == AUTO_MODEL:  # pragma: no cover - route() always decides for the virtual model
+            raise RuntimeError("palyra/auto needs a routing decision")
+        candidates = self.registry.candidates(request.model, "chat", needs)
+        allowance = request.max_tokens or candidates[0].target.max_output_tokens
+        estimate = self.governance.estimate(candidates[0], prompt_tokens, allowance)
+        reservation = await self.governance.admit(ctx.record, estimate)
+        return candidates, Admission(reservation, decision, requested)
+
+    def _settle(self, ctx: RunContext, admission: Admission) -> None:
+        if admission.settled:
+            return
+        admission.settled = True
+        self.governance.settle(ctx.record, admission, ctx.model, ctx.usage())
 
     async def chat(self, ctx: RunContext, request: ChatRequest) -> ChatResult:
-        REQUEST_AGENT.set(ctx.record.agent_id)
-        candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
+        candidates, admission = await self._admit_chat(ctx, request)
         try:
             served = await self.dispatcher.call(
                 candidates, lambda p, t: p.chat(request, t), ctx.attempts, ctx.serve_with
             )
+            ctx.apply_usage(served.value.usage)
         finally:
             ctx.sync_attempts()
-        ctx.apply_usage(served.value.usage)
+            self._settle(ctx, admission)
         return served.value
 
     async def chat_stream(self, ctx: RunContext, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Open the stream (retrying and failing over until its first event). The caller pulls the rest;
         usage lands on the run record, estimated from what was streamed if the stream ends early."""
-        REQUEST_AGENT.set(ctx.record.agent_id)
-        candidates = self.registry.candidates(request.model, "chat", chat_needs(request))
+        candidates, admission = await self._admit_chat(ctx, request)
         try:
             head, events, _model, runtime = await self.dispatcher.open_stream(
                 candidates, lambda p, t: p.chat_stream(request, t), ctx.attempts, ctx.serve_with
             )
+        except BaseException:
+            self._settle(ctx, admission)
+            raise
         finally:
             ctx.sync_attempts()
-        return self._relay(ctx, request, head, events, runtime)
+        return self._relay(ctx, request, head, events, runtime, admission)
 
     async def _relay(
         self,
@@ -116,6 +158,7 @@ class Gateway:
         head: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
         runtime: ProviderRuntime,
+        admission: Admission,
     ) -> AsyncIterator[StreamEvent]:
         streamed: list[str] = []
         got_usage = False
@@ -131,6 +174,7 @@ class Gateway:
                 elif isinstance(event, UsageReport):
                     got_usage = True
                     ctx.apply_usage(event.usage)
+                    self._settle(ctx, admission)  # so the final chunk can carry the cost
                 yield event
                 t = time.perf_counter()
                 try:
@@ -155,29 +199,38 @@ class Gateway:
                 )
             await events.aclose()  # type: ignore[attr-defined]
             self.dispatcher.finish_stream(runtime, failure, time.perf_counter() - opened)
+            self._settle(ctx, admission)
 
     async def embed(self, ctx: RunContext, request: EmbeddingRequest) -> EmbeddingResult:
         REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "embeddings")
+        prompt_tokens = sum(count_tokens(text) for text in request.inputs)
+        estimate = self.governance.estimate(candidates[0], prompt_tokens, 0)
+        admission = Admission(await self.governance.admit(ctx.record, estimate), None, request.model)
         try:
             served = await self.dispatcher.call(
                 candidates, lambda p, t: p.embed(request, t), ctx.attempts, ctx.serve_with
             )
+            ctx.apply_usage(served.value.usage)
         finally:
             ctx.sync_attempts()
-        ctx.apply_usage(served.value.usage)
+            self._settle(ctx, admission)
         return served.value
 
     async def transcribe(self, ctx: RunContext, request: TranscriptionRequest) -> TranscriptionResult:
         REQUEST_AGENT.set(ctx.record.agent_id)
         candidates = self.registry.candidates(request.model, "audio_transcription")
+        # Audio is priced per minute of what the upstream hears; nothing to estimate in tokens up front.
+        admission = Admission(None, None, request.model)
         try:
             served = await self.dispatcher.call(
                 candidates, lambda p, t: p.transcribe(request, t), ctx.attempts, ctx.serve_with
             )
+            ctx.apply_usage(served.value.usage)
+            ctx.record.extra["audio_seconds"] = served.value.duration_s
         finally:
             ctx.sync_attempts()
-        ctx.apply_usage(served.value.usage)
+            self._settle(ctx, admission)
         return served.value
 
 

@@ -53,6 +53,7 @@ class RunRecord:
     routing_recommended_model: str | None = None
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None  # the routing decision row, written with the run
 
     def row(self) -> dict[str, Any]:
         return {
@@ -144,7 +145,9 @@ class JournalWriter:
     async def flush(self) -> None:
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
-            await self._repo.insert_many([r.row() for r in batch])
+            await self._repo.insert_many(
+                [r.row() for r in batch], decisions=[r.decision for r in batch if r.decision is not None]
+            )
             for _ in batch:
                 self._buffer.popleft()
             self.written += len(batch)

@@ -42,6 +42,15 @@ class Metrics:
         self.cost = Counter(
             "palyra_cost_usd_total", "Cost in USD by model.", ["model"], registry=self.registry
         )
+        self.budget_blocks = Counter(
+            "palyra_budget_blocks_total", "Requests refused by a budget hard limit.", registry=self.registry
+        )
+        self.pricing_missing = Counter(
+            "palyra_pricing_missing_total",
+            "Runs on a model with no price (cost recorded as null).",
+            ["model"],
+            registry=self.registry,
+        )
         self.upstream_attempts = Counter(
             "palyra_upstream_attempts_total",
             "Upstream attempts by provider and outcome.",

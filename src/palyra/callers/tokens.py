@@ -97,6 +97,7 @@ class TokenService:
         agent_id: str | None = None,
         expires_in_s: float | None = None,
         rate_limit_per_minute: int | None = None,
+        routing_mode: str | None = None,
     ) -> tuple[TokenRecord, str]:
         """Mint a token; the plaintext is returned here and never again."""
         name = name.strip()
@@ -118,6 +119,12 @@ class TokenService:
                 code="invalid_rate_limit",
                 param="rate_limit_per_minute",
             )
+        if routing_mode is not None and routing_mode not in ("off", "suggest", "dry_run", "enforced"):
+            raise InvalidRequest(
+                "routing_mode must be off, suggest, dry_run or enforced",
+                code="invalid_value",
+                param="routing_mode",
+            )
         if expires_in_s is not None and expires_in_s <= 0:
             raise InvalidRequest("expiry must be in the future", code="invalid_expiry", param="expires_in")
         plaintext = TOKEN_PREFIX + secrets.token_urlsafe(24)
@@ -133,6 +140,7 @@ class TokenService:
             expires_at=now + expires_in_s if expires_in_s else None,
             revoked_at=None,
             last_used_at=None,
+            routing_mode=routing_mode,
         )
         await self._repo.insert(record, hash_token(plaintext))
         return record, plaintext

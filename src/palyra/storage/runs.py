@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Integer, Select, func, insert, select
 
 from palyra.storage.db import Database
-from palyra.storage.schema import runs
+from palyra.storage.schema import routing_decisions, runs
 
 GROUP_COLUMNS = {
     "model": runs.c.model_id,
@@ -20,20 +20,93 @@ GROUP_COLUMNS = {
 }
 
 
+def _plain(row: Any) -> dict[str, Any]:
+    # SQLAlchemy labels are str subclasses; orjson (and JSON consumers generally) want plain str keys.
+    return {str(k): v for k, v in row._mapping.items()}
+
+
 class RunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def insert_many(
+        self, rows: Sequence[dict[str, Any]], *, decisions: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """One transaction for a batch, so a retried batch never half-exists."""
         if not rows:
             return
         async with self._db.engine.begin() as conn:
             await conn.execute(insert(runs), list(rows))
+            if decisions:
+                await conn.execute(insert(routing_decisions), list(decisions))
+
+    async def spend_by_minute(self, *, metric: str, scope: str, since: float) -> list[tuple[int, float]]:
+        """Spend (USD or tokens) per minute since ``since`` for a budget scope (global, agent:…, …)."""
+        amount = runs.c.cost_usd if metric == "usd" else runs.c.total_tokens
+        minute = self._floor_div(runs.c.created_at, 60)
+        query = select(minute.label("minute"), func.sum(amount).label("amount")).where(
+            runs.c.created_at >= since
+        )
+        kind, _, ident = scope.partition(":")
+        column = {"agent": runs.c.agent_id, "session": runs.c.session_id, "token": runs.c.token_id}.get(kind)
+        if column is not None:
+            query = query.where(column == ident)
+        query = query.group_by(minute)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(int(r.minute), float(r.amount or 0.0)) for r in rows if r.amount]
+
+    def _floor_div(self, column: Any, n: int) -> Any:
+        # SQLite's CAST truncates (floor for the positive times here); PostgreSQL's rounds.
+        if self._db.is_sqlite:
+            return func.cast(column / n, Integer)
+        return func.cast(func.floor(column / n), Integer)
+
+    async def decisions(self, *, limit: int = 50, since: float | None = None) -> list[dict[str, Any]]:
+        query = select(routing_decisions).order_by(routing_decisions.c.at.desc()).limit(limit)
+        if since is not None:
+            query = query.where(routing_decisions.c.at >= since)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_plain(r) for r in rows]
+
+    async def decision_totals(self, *, since: float | None = None) -> dict[str, Any]:
+        query = select(
+            func.count().label("decisions"),
+            func.sum(routing_decisions.c.saving_usd).label("saving_usd"),
+            func.sum(routing_decisions.c.actual_cost_usd).label("actual_cost_usd"),
+            func.sum(routing_decisions.c.recommended_cost_usd).label("recommended_cost_usd"),
+        )
+        if since is not None:
+            query = query.where(routing_decisions.c.at >= since)
+        async with self._db.engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return _plain(row)
+
+    async def timeline(self, *, since: float, bucket_s: int, by: str | None = None) -> list[dict[str, Any]]:
+        bucket = self._floor_div(runs.c.created_at, bucket_s)
+        cols: list[Any] = [
+            bucket.label("bucket"),
+            func.count().label("requests"),
+            func.coalesce(func.sum(runs.c.total_tokens), 0).label("total_tokens"),
+            func.sum(runs.c.cost_usd).label("cost_usd"),
+        ]
+        group = GROUP_COLUMNS.get(by) if by else None
+        if by and group is None:
+            raise ValueError(f"cannot group by {by!r}; use one of {', '.join(GROUP_COLUMNS)}")
+        if group is not None:
+            cols.append(group.label("key"))
+        query = select(*cols).where(runs.c.created_at >= since)
+        query = query.group_by(bucket, group) if group is not None else query.group_by(bucket)
+        query = query.order_by(bucket)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [{**_plain(r), "start": int(r.bucket) * bucket_s} for r in rows]
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         async with self._db.engine.connect() as conn:
             row = (await conn.execute(select(runs).where(runs.c.request_id == request_id))).first()
-        return dict(row._mapping) if row is not None else None
+        return _plain(row) if row is not None else None
 
     async def recent(
         self,
@@ -49,7 +122,7 @@ class RunRepository:
         query = query.order_by(runs.c.created_at.desc()).limit(limit)
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [dict(r._mapping) for r in rows]
+        return [_plain(r) for r in rows]
 
     async def totals(
         self, *, since: float | None = None, by: str | None = None, filters: dict[str, str] | None = None
@@ -79,7 +152,7 @@ class RunRepository:
             rows = (await conn.execute(query)).all()
         out = []
         for r in rows:
-            d = dict(r._mapping)
+            d = _plain(r)
             d["errors"] = int(d["errors"] or 0)
             out.append(d)
         return out

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -34,6 +35,7 @@ api_tokens = Table(
     Column("expires_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    Column("routing_mode", String(16), nullable=True),
 )
 
 runs = Table(
@@ -134,3 +136,56 @@ vault_secrets = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("window_key", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("details", Text, nullable=True),
+    Column("webhook_status", String(32), nullable=True),
+    UniqueConstraint("kind", "subject", "window_key", name="uq_alerts_dedup"),
+)
+Index("ix_alerts_at", alerts.c.at)
+
+budget_policies = Table(
+    "budget_policies",
+    metadata,
+    Column("policy_id", String(128), primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+price_overrides = Table(
+    "price_overrides",
+    metadata,
+    Column("model_id", String(256), primary_key=True),
+    Column("effective_from", String(32), primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+routing_decisions = Table(
+    "routing_decisions",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("requested_model", String(256), nullable=True),
+    Column("recommended_model", String(256), nullable=True),
+    Column("served_model", String(256), nullable=True),
+    Column("score", Float, nullable=True),
+    Column("tier", String(16), nullable=True),
+    Column("reason_codes", Text, nullable=True),
+    Column("features", Text, nullable=True),
+    Column("candidates", Text, nullable=True),
+    Column("actual_cost_usd", Float, nullable=True),
+    Column("requested_cost_usd", Float, nullable=True),
+    Column("recommended_cost_usd", Float, nullable=True),
+    Column("saving_usd", Float, nullable=True),
+)
+Index("ix_routing_decisions_at", routing_decisions.c.at)

@@ -23,6 +23,7 @@ class TokenRecord:
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
+    routing_mode: str | None = None
 
     def is_active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -40,6 +41,7 @@ class TokenRecord:
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
             "last_used_at": self.last_used_at,
+            "routing_mode": self.routing_mode,
             "status": "revoked"
             if self.revoked_at is not None
             else ("expired" if not self.is_active(time.time()) else "active"),
@@ -59,6 +61,7 @@ def _record(row: object) -> TokenRecord:
         expires_at=m["expires_at"],
         revoked_at=m["revoked_at"],
         last_used_at=m["last_used_at"],
+        routing_mode=m.get("routing_mode"),
     )
 
 
@@ -79,6 +82,7 @@ class TokenRepository:
                     rate_limit_per_minute=record.rate_limit_per_minute,
                     created_at=record.created_at,
                     expires_at=record.expires_at,
+                    routing_mode=record.routing_mode,
                 )
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +18,7 @@ from palyra.providers.registry import ProviderRuntime
 from palyra.providers.status import probe, provider_status
 from palyra.storage.runs import GROUP_COLUMNS
 from palyra.surface.admin_auth import build_auth_router
+from palyra.surface.admin_governance import build_governance_router
 from palyra.vault.errors import InvalidRef
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class TokenCreate(BaseModel):
     agent_id: str | None = None
     expires_in: str | None = Field(default=None, description="e.g. 30d, 12h; omit for no expiry")
     rate_limit_per_minute: Annotated[int, Field(ge=0)] | None = None
+    routing_mode: Literal["off", "suggest", "dry_run", "enforced"] | None = None
 
 
 def _error(exc: PalyraError) -> JSONResponse:
@@ -112,6 +114,7 @@ def build_admin_api(c: Components) -> FastAPI:
             agent_id=body.agent_id,
             expires_in_s=expires,
             rate_limit_per_minute=body.rate_limit_per_minute,
+            routing_mode=body.routing_mode,
         )
         return {**record.public(), "token": plaintext}
 
@@ -216,6 +219,16 @@ def build_admin_api(c: Components) -> FastAPI:
         rows = await runs.totals(since=_since(since), by=by)
         return {"object": "list", "since": _since(since), "by": by, "data": rows}
 
+    api.include_router(
+        build_governance_router(
+            db=c.db,
+            ledger=c.governance.ledger,
+            alerts=c.alerts,
+            prices=c.governance.prices,
+            runs=runs,
+            admin=admin,
+        )
+    )
     api.include_router(
         build_auth_router(
             service=c.auth, vault=c.vault, audit=c.audit, attempts=c.attempts, config=c.config, admin=admin

@@ -85,6 +85,7 @@ class OpenAISurface:
         try:
             caller = await self.tokens.authenticate(request.headers.get("authorization"), now)
             ctx.record.token_id = caller.token.token_id
+            ctx.routing_mode = caller.token.routing_mode
             caller.require_scope(scope_name)
             await self.tokens.check_rate_limit(caller, now)
             response = await work(request, ctx, caller)
@@ -285,19 +286,28 @@ class OpenAISurface:
         try:
             yield encoder.role()
             event = first
+            finish: Finish | None = None
             while event is not None:
-                if isinstance(event, UsageReport):
+                if isinstance(event, Finish):
+                    # Held until usage arrives (it follows at once), so the cost can ride along.
+                    finish = event
+                elif isinstance(event, UsageReport):
+                    if finish is not None:
+                        yield encoder.event(finish, self._palyra_extra(ctx)) or b""
+                        finish = None
                     frame = encoder.usage(event.usage, self._palyra_extra(ctx))
-                elif isinstance(event, Finish):
-                    frame = encoder.event(event, self._palyra_extra(ctx))
+                    if frame is not None:
+                        yield frame
                 else:
                     frame = encoder.event(event)
-                if frame is not None:
-                    yield frame
+                    if frame is not None:
+                        yield frame
                 try:
                     event = await anext(events)
                 except StopAsyncIteration:
                     event = None
+            if finish is not None:
+                yield encoder.event(finish, self._palyra_extra(ctx)) or b""
             yield encoder.DONE
             finished = True
         except PalyraError as exc:

@@ -1,0 +1,1 @@
+"""Usage governance: smart routing, budgets and cost."""
