@@ -488,6 +488,29 @@ class AuthService:
             await self.audit.record("auth.profile.refreshed", target=profile_id, reason=reason)
             return {"state": "refreshed", "message": "access token refreshed", "expires_at": expires_at}
 
+    async def refresh_due(self, window_s: float = 300.0) -> dict[str, Any]:
+        """The ``oauth_refresh`` job: refresh OAuth profiles expiring within ``window_s`` (backoff kept)."""
+        now = self._clock()
+        outcomes: dict[str, int] = {}
+        due: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self.repo.list(after=after, limit=500)
+            if not page:
+                break
+            due += [
+                p.profile_id
+                for p in page
+                if p.credential_type == "oauth"
+                and p.expires_at is not None
+                and p.expires_at - now <= window_s
+            ]
+            after = page[-1].profile_id
+        for profile_id in due:
+            outcome = await self.refresh(profile_id, force=True, reason="scheduled")
+            outcomes[outcome["state"]] = outcomes.get(outcome["state"], 0) + 1
+        return {"due": len(due), "outcomes": outcomes}
+
     async def _refresh_failed(self, profile: AuthProfile, message: str) -> dict[str, Any]:
         now = self._clock()
         failures = profile.refresh_failures + 1
