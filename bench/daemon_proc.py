@@ -22,6 +22,11 @@ STOP_TIMEOUT_S = 30.0
 GRACEFUL_SHUTDOWN_S = 10
 STDERR_TAIL_LINES = 20
 PROBLEM_LEVELS = ('"level":"warning"', '"level":"error"', '"level":"critical"')
+# The proxied daemon's upstream: one OpenAI-compatible provider, one priced model, one budget policy.
+UPSTREAM_PROVIDER_ID = "mock"
+UPSTREAM_MODEL = "gpt-4o-mini"  # in the shipped price table, so every run is costed
+UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
+UPSTREAM_KEY = "sk-bench-mock-upstream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,7 @@ class DaemonSpec:
     database_url: str = ""
     database_schema: str = ""
     source_dir: str = ""  # a src/ directory to run instead of the installed palyra (PYTHONPATH)
+    upstream_base_url: str = ""  # proxied: serve UPSTREAM_MODEL from this OpenAI-compatible base URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +77,43 @@ def write_config(state_dir: Path, port: int, spec: DaemonSpec) -> Path:
         lines.append(f"database_url = {_toml_str(spec.database_url)}")
     if spec.database_schema:
         lines.append(f"database_schema = {_toml_str(spec.database_schema)}")
+    if spec.upstream_base_url:
+        lines += upstream_config(spec.upstream_base_url)
     path = state_dir / "palyra.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def upstream_config(base_url: str) -> list[str]:
+    """The full proxied path: token auth, routing (suggest, the default mode), a budget reservation on
+    every request, the upstream call, cost from the shipped price of gpt-4o-mini, the journal."""
+    return [
+        "",
+        "[[model_provider.providers]]",
+        f"provider_id = {_toml_str(UPSTREAM_PROVIDER_ID)}",
+        'kind = "openai_compatible"',
+        f"base_url = {_toml_str(base_url)}",
+        "allow_private_base_url = true",
+        f"api_key_env = {_toml_str(UPSTREAM_KEY_ENV)}",
+        "",
+        "[[model_provider.models]]",
+        f"model_id = {_toml_str(UPSTREAM_MODEL)}",
+        f"provider_id = {_toml_str(UPSTREAM_PROVIDER_ID)}",
+        "",
+        "[[budgets]]",
+        'policy_id = "bench"',
+        'scope = "global"',
+        'metric = "usd"',
+        'window = "day"',
+        "hard_limit = 1000000",
+    ]
 
 
 def clean_env(state_dir: Path, source_dir: str) -> dict[str, str]:
     """The caller's environment without PALYRA_* overrides, which would beat the bench's config file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_") and k != "PYTHONPATH"}
     env["PALYRA_STATE_DIR"] = str(state_dir)
+    env[UPSTREAM_KEY_ENV] = UPSTREAM_KEY
     if source_dir:
         env["PYTHONPATH"] = source_dir
     return env
@@ -224,12 +258,14 @@ def proc_cpu_seconds(pid: int) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class CpuTimes:
-    """CPU seconds over an interval: the daemon's, PostgreSQL's, all CPUs' busy time, and steal."""
+    """CPU seconds over an interval: the daemon's, PostgreSQL's, all CPUs' busy time, steal, and the
+    mock upstream's (0 without one)."""
 
     daemon_s: float
     postgres_s: float
     busy_s: float
     steal_s: float
+    upstream_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +276,7 @@ class CpuSnapshot:
     postgres_s: dict[int, float]  # per process, since backends come and go
     busy_s: float
     steal_s: float
+    upstream_s: float = 0.0
 
     def since(self, earlier: CpuSnapshot) -> CpuTimes:
         postgres = sum(max(0.0, s - earlier.postgres_s.get(pid, 0.0)) for pid, s in self.postgres_s.items())
@@ -248,6 +285,7 @@ class CpuSnapshot:
             postgres,
             self.busy_s - earlier.busy_s,
             self.steal_s - earlier.steal_s,
+            self.upstream_s - earlier.upstream_s,
         )
 
 
@@ -281,7 +319,9 @@ def background_cpu_pct(seconds: float = 1.0) -> float:
     return 100.0 * (busy1 - busy0 + steal1 - steal0) / seconds
 
 
-def cpu_snapshot(pid: int) -> CpuSnapshot:
-    """The daemon's, PostgreSQL's and the whole machine's CPU time; zeros where /proc cannot be read."""
+def cpu_snapshot(pid: int, upstream_pid: int | None = None) -> CpuSnapshot:
+    """The daemon's, PostgreSQL's, the mock upstream's and the whole machine's CPU time; zeros where
+    /proc cannot be read."""
     busy, steal = machine_cpu_seconds()
-    return CpuSnapshot(proc_cpu_seconds(pid) or 0.0, postgres_cpu_seconds(), busy, steal)
+    upstream = (proc_cpu_seconds(upstream_pid) or 0.0) if upstream_pid is not None else 0.0
+    return CpuSnapshot(proc_cpu_seconds(pid) or 0.0, postgres_cpu_seconds(), busy, steal, upstream)

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 CHAT_MODEL = "deterministic"
+PROXIED_MODEL = "gpt-4o-mini"
 EMBEDDINGS_MODEL = "hash-embedding-v1"
 SYSTEM_PROMPT = "You are a helpful assistant for an online bookshop. Answer briefly, politely and accurately."
 USER_PROMPT = "Can you recommend two mystery novels set in Scotland for a long train journey this weekend?"
@@ -22,10 +23,10 @@ EMBEDDINGS_INPUT = "A mystery novel set in the Scottish Highlands, told by a ret
 MAX_ERROR_SAMPLES = 3
 
 
-def chat_body(*, stream: bool) -> bytes:
+def chat_body(*, stream: bool, model: str = CHAT_MODEL, include_usage: bool = False) -> bytes:
     """A small realistic chat request: a system and a user message, about 30 words in all."""
     body: dict[str, Any] = {
-        "model": CHAT_MODEL,
+        "model": model,
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": USER_PROMPT},
@@ -33,6 +34,8 @@ def chat_body(*, stream: bool) -> bytes:
     }
     if stream:
         body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
     return orjson.dumps(body)
 
 
@@ -205,3 +208,27 @@ async def run_closed_loop(call: RequestFn, concurrency: int, duration_s: float) 
     samples.elapsed_s = time.perf_counter() - started
     samples.client_cpu_s = time.process_time() - cpu
     return samples
+
+
+@dataclass(slots=True)
+class RoundSamples:
+    """Sequential rounds alternating between two targets: one ``Samples`` per round and target."""
+
+    direct: list[Samples] = field(default_factory=list)
+    proxied: list[Samples] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0
+
+
+async def run_interleaved(direct: RequestFn, proxied: RequestFn, rounds: int, per_round: int) -> RoundSamples:
+    """``rounds`` rounds of ``per_round`` sequential requests to each target, alternating which goes first,
+    so drift in the machine's speed (other load, frequency, caches) hits both sides alike."""
+    out = RoundSamples()
+    started, cpu = _prepare()
+    for r in range(rounds):
+        order = [(direct, out.direct), (proxied, out.proxied)]
+        for call, bucket in order if r % 2 == 0 else reversed(order):
+            bucket.append(await run_sequential(call, per_round))
+    out.elapsed_s = time.perf_counter() - started
+    out.client_cpu_s = time.process_time() - cpu
+    return out

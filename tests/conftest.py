@@ -160,6 +160,20 @@ def pg_schema() -> Iterator[str]:
     async def run(sql: str) -> None:
         conn = await asyncpg.connect(dsn)
         try:
+            if sql.startswith("DROP"):
+                # A test that left a connection mid-transaction in the schema would block the drop
+                # forever; end such sessions rather than hang the suite.
+                await conn.execute("SET lock_timeout = '5s'")
+                try:
+                    await conn.execute(sql)
+                    return
+                except asyncpg.exceptions.LockNotAvailableError:
+                    await conn.execute(
+                        """SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                           JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()""",
+                        name,
+                    )
             await conn.execute(sql)
         finally:
             await conn.close()

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -27,25 +28,32 @@ from palyra.auth.service import AuthService
 from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService
 from palyra.config.models import PalyraConfig, ProviderConfig
-from palyra.gateway import Gateway
+from palyra.errors import InvalidRequest, PalyraError
+from palyra.gateway import Gateway, RunContext
 from palyra.governance.alerts import AlertLog
 from palyra.governance.budgets import BudgetLedger, Policy
 from palyra.governance.pricing import PriceTable
 from palyra.governance.service import Governance
 from palyra.governance.tokenizer import default_tokenizer
-from palyra.journal import JournalWriter
+from palyra.jobs import JobContext, JobSpec, Scheduler
+from palyra.journal import JournalWriter, RunRecord
+from palyra.memory.backfill import run_backfill
+from palyra.memory.maintenance import run_maintenance
+from palyra.memory.store import SYSTEM_AGENT, EmbedOutcome, MemoryStore
 from palyra.metrics import Metrics
 from palyra.providers.credentials import CredentialSource
 from palyra.providers.dispatch import Dispatcher
 from palyra.providers.registry import ProviderRegistry, credential_for
 from palyra.providers.status import provider_status
+from palyra.providers.types import EmbeddingRequest
 from palyra.shared_state import InProcessCounterStore
+from palyra.skills import SkillService, run_reaudit
 from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
 from palyra.surface.admin_api import build_admin_api
 from palyra.surface.admin_governance import load_admin_policies, load_admin_prices
-from palyra.surface.openai_http import OpenAISurface
+from palyra.surface.openai_http import OpenAISurface, new_request_id
 from palyra.vault.keys import load_master_key
 from palyra.vault.store import Vault
 
@@ -64,6 +72,9 @@ class Components:
     admin_token: str
     admin_token_source: str
     vault: Vault
+    memory: MemoryStore
+    skills: SkillService
+    scheduler: Scheduler
     governance: Governance
     alerts: AlertLog
     auth: AuthService
@@ -137,6 +148,8 @@ def build_components(config: PalyraConfig) -> Components:
         routing_mode=config.routing.mode,
         metrics=metrics,
     )
+    skills = SkillService(db, state_dir / "skills", audit, alerts)
+    memory = MemoryStore(db, _unwired_embedder, target_model=lambda: _embedding_target(registry))
     return Components(
         config=config,
         state_dir=state_dir,
@@ -152,6 +165,9 @@ def build_components(config: PalyraConfig) -> Components:
         admin_token=admin_token,
         admin_token_source=admin_source,
         vault=vault,
+        memory=memory,
+        skills=skills,
+        scheduler=Scheduler(db, registry=metrics.registry),
         auth=auth,
         audit=audit,
         oauth=oauth,
@@ -171,6 +187,7 @@ def build_app(config: PalyraConfig) -> Starlette:
         started_at=int(time.time()),
         access_log_enabled=config.server.access_log,
     )
+    c.scheduler = build_jobs(c, surface)
     admin = build_admin_api(c)
 
     async def healthz(_request: Request) -> Response:
@@ -219,9 +236,11 @@ def build_app(config: PalyraConfig) -> Starlette:
         for price in await load_admin_prices(c.db):
             c.governance.prices.set(price)
         c.journal.start()
+        await c.scheduler.start()
         try:
             yield
         finally:
+            await c.scheduler.stop()
             await c.journal.close()
             await c.alerts.drain()
             await c.auth.drain()
@@ -242,3 +261,99 @@ def build_app(config: PalyraConfig) -> Starlette:
     )
     app.state.components = c
     return app
+
+
+async def _unwired_embedder(texts: list[str], agent: str | None) -> EmbedOutcome:  # pragma: no cover
+    raise RuntimeError("the memory embedder is wired by build_jobs")
+
+
+def _embedding_target(registry: ProviderRegistry) -> tuple[str, int | None]:
+    model_id = registry.defaults.get("embeddings")
+    if not model_id or model_id not in registry.models:
+        raise InvalidRequest(
+            "no default embeddings model is configured; set model_provider.default_embeddings_model_id",
+            code="embeddings_unavailable",
+        )
+    return model_id, registry.models[model_id].target.dimensions
+
+
+def build_jobs(c: Components, surface: OpenAISurface) -> Scheduler:
+    """Wire memory embeddings through the normal provider path and register the built-in jobs."""
+    gateway = surface.gateway
+
+    async def embed(texts: list[str], agent: str | None) -> EmbedOutcome:
+        model_id, dims = _embedding_target(c.registry)
+        ctx = RunContext(
+            RunRecord(
+                request_id=new_request_id(),
+                created_at=time.time(),
+                endpoint="embeddings",
+                agent_id=agent or SYSTEM_AGENT,
+                requested_model=model_id,
+            )
+        )
+        status = 200
+        try:
+            result = await gateway.embed(ctx, EmbeddingRequest(model=model_id, inputs=texts, dimensions=dims))
+        except PalyraError as exc:
+            ctx.record.status, ctx.record.error_class, status = "error", exc.code, exc.status
+            raise
+        finally:
+            surface.finish_run(ctx, status)
+        served = ctx.record.model_id or model_id
+        width = len(result.vectors[0]) if result.vectors else (dims or 0)
+        return EmbedOutcome(vectors=result.vectors, model_id=served, dims=width)
+
+    c.memory.embedder = embed
+    config = c.config
+    scheduler = c.scheduler
+
+    async def maintenance(_ctx: JobContext) -> dict[str, Any]:
+        return await run_maintenance(c.db, config.memory, now=time.time())
+
+    async def backfill(_ctx: JobContext) -> dict[str, Any]:
+        return await run_backfill(c.memory, config.cron.embeddings_backfill_batch_size)
+
+    async def reaudit(_ctx: JobContext) -> dict[str, Any]:
+        return dict(await run_reaudit(c.skills))
+
+    async def oauth_refresh(_ctx: JobContext) -> dict[str, Any]:
+        return await c.auth.refresh_due(window_s=300.0)
+
+    scheduler.register(
+        JobSpec(
+            name="memory_maintenance",
+            handler=maintenance,
+            interval_s=config.cron.memory_maintenance_interval_s,
+            settings=config.memory.model_dump(),
+            description="Delete expired and surplus memory items (TTL, ttl_days, max_entries, max_bytes); "
+            "weekly vacuum.",
+        )
+    )
+    scheduler.register(
+        JobSpec(
+            name="embeddings_backfill",
+            handler=backfill,
+            interval_s=config.cron.embeddings_backfill_interval_s,
+            settings={"batch_size": config.cron.embeddings_backfill_batch_size},
+            description="Embed memory items with no vector or a vector from another model, oldest first.",
+        )
+    )
+    scheduler.register(
+        JobSpec(
+            name="skill_reaudit",
+            handler=reaudit,
+            interval_s=config.cron.skill_reaudit_interval_s,
+            description="Re-verify installed skills on disk; quarantine failures (never lifts one).",
+        )
+    )
+    scheduler.register(
+        JobSpec(
+            name="oauth_refresh",
+            handler=oauth_refresh,
+            interval_s=60,
+            settings={"window_s": 300},
+            description="Refresh OAuth profiles expiring within five minutes (single-flight, backoff kept).",
+        )
+    )
+    return scheduler

@@ -807,9 +807,15 @@ def usage(
 
 
 def main() -> None:
+    from palyra.jobs.cli import cron_app
+    from palyra.memory.cli import memory_app
+    from palyra.skills.cli import skills_app
     from palyra.vault.cli import vault_app
 
     app.add_typer(vault_app, name="vault", help="The encrypted vault: metadata and master-key rotation.")
+    app.add_typer(cron_app, name="cron", help="Background jobs: list, run history, run now.")
+    app.add_typer(memory_app, name="memory", help="Agent memory: add items, search them.")
+    app.add_typer(skills_app, name="skills", help="Signed skill packages: install, list, audit, trust.")
     app()
 
 

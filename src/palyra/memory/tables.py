@@ -28,6 +28,9 @@ memory_items = Table(
     Column("embedding_dims", Integer, nullable=True),
     Column("embedding_version", Integer, nullable=True),
     Column("embedded_at", Float, nullable=True),
+    # Why the current target cannot embed this item (e.g. longer than the model's context); it stays
+    # without a vector, and out of the backfill's way, until the target model or version changes.
+    Column("embedding_error", String(300), nullable=True),
 )
 Index("ix_memory_items_agent_created", memory_items.c.agent_id, memory_items.c.created_at)
 Index("ix_memory_items_created", memory_items.c.created_at)

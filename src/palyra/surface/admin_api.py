@@ -18,7 +18,10 @@ from palyra.providers.registry import ProviderRuntime
 from palyra.providers.status import probe, provider_status
 from palyra.storage.runs import GROUP_COLUMNS
 from palyra.surface.admin_auth import build_auth_router
+from palyra.surface.admin_cron import build_cron_router
 from palyra.surface.admin_governance import build_governance_router
+from palyra.surface.admin_memory import build_memory_router, memory_caller
+from palyra.surface.admin_skills import build_skills_router
 from palyra.vault.errors import InvalidRef
 
 if TYPE_CHECKING:
@@ -219,6 +222,9 @@ def build_admin_api(c: Components) -> FastAPI:
         rows = await runs.totals(since=_since(since), by=by)
         return {"object": "list", "since": _since(since), "by": by, "data": rows}
 
+    api.include_router(build_cron_router(c.scheduler, admin))
+    api.include_router(build_skills_router(service=c.skills, admin=admin))
+    api.include_router(build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens)))
     api.include_router(
         build_governance_router(
             db=c.db,

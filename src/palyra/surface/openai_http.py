@@ -101,7 +101,7 @@ class OpenAISurface:
             response.headers.update(self._headers(ctx))
             return response  # the stream finishes its own record
         response.headers.update(self._headers(ctx))
-        self._finish(ctx, response.status_code)
+        self.finish_run(ctx, response.status_code)
         return response
 
     def _headers(self, ctx: RunContext) -> dict[str, str]:
@@ -127,7 +127,7 @@ class OpenAISurface:
             headers["retry-after"] = str(max(1, int(exc.retry_after_s + 0.999)))
         return Response(enc.error_body(exc), exc.status, headers=headers, media_type="application/json")
 
-    def _finish(self, ctx: RunContext, http_status: int) -> None:
+    def finish_run(self, ctx: RunContext, http_status: int) -> None:
         r = ctx.record
         r.http_status = http_status
         r.finished_at = time.time()
@@ -325,7 +325,7 @@ class OpenAISurface:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self._finish(ctx, status)
+            self.finish_run(ctx, status)
 
     def _palyra_extra(self, ctx: RunContext) -> dict[str, Any]:
         return {

@@ -1,0 +1,372 @@
+"""A fast OpenAI-compatible mock upstream for the proxied benchmark, and the subprocess that runs it.
+
+Serves ``POST /v1/chat/completions`` (a JSON completion with usage, or with ``"stream": true`` an SSE
+stream: a role chunk, ``--chunks`` content chunks of one word each, a finish chunk, a usage chunk when
+the request asks for ``stream_options.include_usage``, then ``data: [DONE]``) and ``GET /v1/models``.
+It answers every request the same way (it only reads ``model``, ``stream``, ``stream_options`` and the
+message lengths), after an optional fixed ``--delay-ms``; each SSE event is its own write, with an
+optional ``--chunk-interval-ms`` between them. Any ``Authorization`` header is accepted.
+
+Two servers with the same behaviour: ``asgi`` (a raw ASGI callable under uvicorn with uvloop and
+httptools, no framework; the default, the faster of the two on the benchmark machine) and ``aiohttp``
+(``aiohttp.web``). Run it alone with ``python bench/mock_upstream.py --port 9000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SERVERS = ("asgi", "aiohttp")
+DEFAULT_CHUNKS = 20
+REPLY = (
+    "Try The Skeleton Road by Val McDermid and Knots and Crosses by Ian Rankin; both are set in Scotland "
+    "and both keep the pages turning on a long train journey north through the hills and the glens"
+)
+WORDS = REPLY.split(" ")
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class MockSettings:
+    chunks: int = DEFAULT_CHUNKS
+    delay_ms: float = 0.0
+    chunk_interval_ms: float = 0.0
+
+
+class Responder:
+    """Builds the answers; everything that does not depend on the request is encoded once."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        self.settings = settings
+        self.delay_s = settings.delay_ms / 1000.0
+        self.interval_s = settings.chunk_interval_ms / 1000.0
+        self.words = [WORDS[i % len(WORDS)] + " " for i in range(settings.chunks)]
+        self.text = "".join(self.words).rstrip()
+        self.models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1721172741, "owned_by": "mock"}
+                    for m in ("gpt-4o-mini", "gpt-4o")
+                ],
+            }
+        )
+        self.counter = 0
+
+    @staticmethod
+    def parse(body: bytes) -> dict[str, Any] | None:
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return request if isinstance(request, dict) else None
+
+    @staticmethod
+    def prompt_tokens(request: dict[str, Any]) -> int:
+        chars = 0
+        for m in request.get("messages") or ():
+            content = m.get("content") if isinstance(m, dict) else None
+            chars += len(content) if isinstance(content, str) else 0
+        return max(1, chars // 4)
+
+    def _ident(self) -> tuple[str, int]:
+        self.counter += 1
+        return f"chatcmpl-mock{self.counter:010d}", int(time.time())
+
+    def completion(self, request: dict[str, Any]) -> bytes:
+        ident, created = self._ident()
+        prompt = self.prompt_tokens(request)
+        return orjson.dumps(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": request.get("model") or "gpt-4o-mini",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": self.settings.chunks,
+                    "total_tokens": prompt + self.settings.chunks,
+                },
+                "system_fingerprint": "fp_mock",
+            }
+        )
+
+    def stream_events(self, request: dict[str, Any]) -> list[bytes]:
+        """Every SSE event of one stream, in order (each is written separately)."""
+        ident, created = self._ident()
+        model = request.get("model") or "gpt-4o-mini"
+        head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n"
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+
+        events = [event([delta({"role": "assistant", "content": "", "refusal": None})])]
+        events += [event([delta({"content": word})]) for word in self.words]
+        events.append(event([delta({}, "stop")]))
+        options = request.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            prompt = self.prompt_tokens(request)
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": self.settings.chunks,
+                "total_tokens": prompt + self.settings.chunks,
+            }
+            events.append(event([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+
+# --- the raw ASGI server (uvicorn) ----------------------------------------------------------------
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def asgi_app(responder: Responder) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    async def reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path == "/v1/models":
+            await reply(send, 200, responder.models_body, JSON_HEADERS)
+            return
+        if method != "POST" or path != "/v1/chat/completions":
+            await reply(send, 404, b'{"error":{"message":"not found","type":"not_found"}}', JSON_HEADERS)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        request = responder.parse(b"".join(chunks))
+        if request is None:
+            body = b'{"error":{"message":"the body is not a JSON object","type":"invalid_request_error"}}'
+            await reply(send, 400, body, JSON_HEADERS)
+            return
+        if responder.delay_s:
+            await asyncio.sleep(responder.delay_s)
+        if not request.get("stream"):
+            await reply(send, 200, responder.completion(request), JSON_HEADERS)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        for frame in responder.stream_events(request):
+            if responder.interval_s:
+                await asyncio.sleep(responder.interval_s)
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def serve_asgi(host: str, port: int, responder: Responder) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        asgi_app(responder),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+    )
+
+
+# --- the aiohttp.web server -----------------------------------------------------------------------
+
+
+def serve_aiohttp(host: str, port: int, responder: Responder) -> None:
+    import uvloop
+    from aiohttp import web
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.Response(body=responder.models_body, content_type="application/json")
+
+    async def chat(http: web.Request) -> web.StreamResponse:
+        request = responder.parse(await http.read())
+        if request is None:
+            body = b'{"error":{"message":"the body is not a JSON object","type":"invalid_request_error"}}'
+            return web.Response(status=400, body=body, content_type="application/json")
+        if responder.delay_s:
+            await asyncio.sleep(responder.delay_s)
+        if not request.get("stream"):
+            return web.Response(body=responder.completion(request), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(http)
+        for frame in responder.stream_events(request):
+            if responder.interval_s:
+                await asyncio.sleep(responder.interval_s)
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    uvloop.install()
+    web.run_app(app, host=host, port=port, access_log=None, print=None, backlog=4096)
+
+
+# --- the subprocess ---------------------------------------------------------------------------------
+
+
+class MockUpstream:
+    """The mock as a subprocess, optionally pinned to one CPU. A context manager: stopped on exit."""
+
+    def __init__(
+        self, port: int, settings: MockSettings, *, server: str = "asgi", cpu: int | None = None
+    ) -> None:
+        self.port = port
+        self.settings = settings
+        self.server = server
+        self.cpu = cpu
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def describe(self) -> str:
+        s = self.settings
+        server = "raw ASGI app under uvicorn (uvloop, httptools)" if self.server == "asgi" else "aiohttp.web"
+        pin = f", pinned to CPU {self.cpu}" if self.cpu is not None else ", unpinned"
+        return (
+            f"{server}{pin}; {s.chunks} content chunks per stream, delay {s.delay_ms:g} ms, "
+            f"chunk interval {s.chunk_interval_ms:g} ms"
+        )
+
+    def __enter__(self) -> MockUpstream:
+        taskset = self.cpu is not None and shutil.which("taskset") is not None
+        pin = ["taskset", "-c", str(self.cpu)] if taskset else []
+        s = self.settings
+        cmd = [
+            *pin,
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--port",
+            str(self.port),
+            "--server",
+            self.server,
+            "--chunks",
+            str(s.chunks),
+            "--delay-ms",
+            str(s.delay_ms),
+            "--chunk-interval-ms",
+            str(s.chunk_interval_ms),
+        ]
+        fd, name = tempfile.mkstemp(prefix="palyra-bench-mock-", suffix=".stderr")
+        self.stderr_path = Path(name)
+        with open(fd, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        if self.cpu is not None and not taskset:
+            os.sched_setaffinity(self.proc.pid, {self.cpu})
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"the mock upstream exited during start-up:\n{self.stderr_text()}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(self.base_url + "/v1/models", timeout=1.0) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"the mock upstream did not answer within {START_TIMEOUT_S:.0f} s")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_text(self) -> str:
+        if self.stderr_path is None:
+            return ""
+        try:
+            return self.stderr_path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        if self.stderr_path is not None:
+            self.stderr_path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--server", choices=SERVERS, default="asgi")
+    parser.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS, help="content chunks per stream")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay before each answer")
+    parser.add_argument(
+        "--chunk-interval-ms", type=float, default=0.0, help="pause before each SSE event of a stream"
+    )
+    args = parser.parse_args(argv)
+    if args.chunks < 1 or args.delay_ms < 0 or args.chunk_interval_ms < 0:
+        parser.error("--chunks must be >= 1, --delay-ms and --chunk-interval-ms >= 0")
+    responder = Responder(MockSettings(args.chunks, args.delay_ms, args.chunk_interval_ms))
+    (serve_asgi if args.server == "asgi" else serve_aiohttp)(args.host, args.port, responder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,660 @@
+"""The budget ledger in Redis: the same reservations and settlements as ``BudgetLedger``, shared by
+every replica, so a hard limit holds for the fleet and not once per replica.
+
+``reserve`` is one Lua script over every applicable policy: it checks each hard limit
+(spent + reserved + amount ≤ limit + 1e-9) and only if all pass adds every hold, so two replicas can
+never both take the last room. ``settle`` is one script too: it releases the holds of one reservation
+and adds the actual amount, keyed by the reservation id, so running it twice changes nothing.
+
+Keys, all under the ``palyra:{prefix}`` hash tag (``<pk>`` is the policy id plus a hash of its scope,
+metric and window, so redefining a policy's scope starts a fresh account):
+
+- ``bud:<pk>:w:<window key>`` hash, calendar and ``total`` windows: ``settled``, ``loaded``.
+- ``bud:<pk>:roll`` hash and ``bud:<pk>:roll:idx`` zset, rolling windows: ``settled`` (the running
+  sum), ``m:<minute>`` buckets, and the minutes in order so old ones are evicted in O(evicted).
+- ``bud:<pk>:reserved``: amount held by requests in flight (INCRBYFLOAT).
+- ``bud:hold:<reservation id>`` hash: which reserved keys it holds and how much, and its state
+  (held | expired | settled), kept a day after settlement so a retried settle is recognised.
+- ``bud:holds`` zset: holds by expiry time, swept at the start of every reservation.
+- ``bud:<pk>:load:<window key>``: SET NX lock so one replica loads a window's spend from the database.
+
+Spend already in the database is loaded once per policy and window: the replica that wins the lock
+runs the loader, the others poll until the account is marked loaded (at most ``load_wait_s``).
+
+Overspend bound. As in process, a hard limit is exceeded only by what settled requests cost beyond
+their estimates. Two things add to that here, both documented operator trade-offs:
+
+- A hold expires ``hold_ttl_s`` (default 15 min) after it was made and is released by the next sweep,
+  so a replica that crashed mid-request does not hold budget for ever. A request still running after
+  that long stops counting against the limit until it settles; the bound grows by the estimates of
+  requests that outlive ``hold_ttl_s``.
+- If Redis loses its data (restart without persistence), accounts are reloaded from the database;
+  settlements of reservations Redis no longer knows are dropped (their runs are in the database), so
+  only requests in flight and not yet journaled at that moment can be missed.
+
+Failure mode: with Redis unreachable ``reserve`` raises ``SharedStateUnavailable``
+(``budget_store_unavailable``, HTTP 503): budgets fail closed. ``settle`` never raises: it queues the
+settlement in memory (at most ``retry_queue_max``) and a background task sends it, retrying with
+backoff until Redis returns; holds made before the outage keep counting meanwhile. ``reserve`` and
+``load_all`` first send this replica's queued settlements, so a replica reads its own writes.
+``status`` is synchronous and reports what this replica last read (on ``reserve`` and ``load_all``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from palyra.errors import BudgetExceeded
+from palyra.governance.budgets import (
+    ROLLING_S,
+    AlertSink,
+    Attribution,
+    BudgetLedger,
+    Estimate,
+    Policy,
+    Reservation,
+    SpendLoader,
+    _amount,
+    _fmt,
+    window_key,
+    window_start,
+)
+from palyra.shared.errors import SharedStateUnavailable
+from palyra.shared.redis_state import RedisState, text
+
+log = logging.getLogger("palyra.shared.budgets")
+
+BUDGET_UNAVAILABLE = "budget_store_unavailable"
+HOLD_TTL_S = 900.0
+SETTLED_KEEP_S = 86_400.0  # how long a settled reservation id is remembered (retries must end sooner)
+_DAY_MS = 86_400_000
+_CALENDAR_TTL_MS = {"day": 3 * _DAY_MS, "week": 9 * _DAY_MS, "month": 33 * _DAY_MS}
+_LOAD_LOCK_MS = 30_000
+_MAX_REFUSALS = 20  # a settlement Redis rejects this often (not an outage) is dropped, loudly
+
+_LUA_PRELUDE = """
+local EPS = 1e-9
+local function neg(s)
+  if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
+  return '-' .. s
+end
+local function release(hk)
+  local n = tonumber(redis.call('HGET', hk, 'n') or '0')
+  for i = 1, n do
+    local k = redis.call('HGET', hk, 'k' .. i)
+    local a = redis.call('HGET', hk, 'a' .. i)
+    if k and a then
+      if tonumber(redis.call('INCRBYFLOAT', k, neg(a))) < EPS then redis.call('SET', k, '0') end
+    end
+  end
+end
+local function sweep(holds, now)
+  local due = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 100)
+  for _, hk in ipairs(due) do
+    if redis.call('HGET', hk, 'state') == 'held' then
+      release(hk)
+      redis.call('HSET', hk, 'state', 'expired')
+    end
+    redis.call('ZREM', holds, hk)
+  end
+  return #due
+end
+local function spent(acct, idx, horizon)
+  if horizon ~= '' then
+    local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. horizon, 'LIMIT', 0, 5000)
+    for _, m in ipairs(old) do
+      local a = redis.call('HGET', acct, 'm:' .. m)
+      if a then
+        redis.call('HINCRBYFLOAT', acct, 'settled', neg(a))
+        redis.call('HDEL', acct, 'm:' .. m)
+      end
+      redis.call('ZREM', idx, m)
+    end
+  end
+  local s = tonumber(redis.call('HGET', acct, 'settled') or '0')
+  if s < 0 then s = 0 end
+  return s
+end
+"""
+
+# KEYS: holds, hold, then per policy i: account, minute index, reserved
+# ARGV: now ms, hold expiry ms, hold keep ms, n, then per policy i: amount, hard, soft, horizon minute
+_RESERVE = (
+    _LUA_PRELUDE
+    + """
+local holds, hk, n = KEYS[1], KEYS[2], tonumber(ARGV[4])
+for i = 1, n do  -- a script is not rolled back on error: validate before the first write
+  if not tonumber(ARGV[4 + 4 * (i - 1) + 1]) then return redis.error_reply('invalid amount') end
+end
+sweep(holds, ARGV[1])
+for i = 1, n do
+  if redis.call('HGET', KEYS[3 * i], 'loaded') ~= '1' then return {'unloaded', tostring(i)} end
+end
+local replay = redis.call('EXISTS', hk) == 1
+local out = {'ok'}
+for i = 1, n do
+  local b = 4 + 4 * (i - 1)
+  local amount, hard, soft = tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
+  local s = spent(KEYS[3 * i], KEYS[3 * i + 1], ARGV[b + 4])
+  local r = tonumber(redis.call('GET', KEYS[3 * i + 2]) or '0')
+  if replay then r = r - amount end
+  local after = s + r + amount
+  if not replay and hard ~= '' and after > tonumber(hard) + EPS then
+    return {'blocked', tostring(i), tostring(s), tostring(r)}
+  end
+  local crossed = '0'
+  if soft ~= '' and after >= tonumber(soft) then crossed = '1' end
+  out[#out + 1] = tostring(s)
+  out[#out + 1] = tostring(r + amount)
+  out[#out + 1] = crossed
+end
+if not replay then
+  for i = 1, n do
+    local a = ARGV[4 + 4 * (i - 1) + 1]
+    redis.call('INCRBYFLOAT', KEYS[3 * i + 2], a)
+    redis.call('HSET', hk, 'k' .. i, KEYS[3 * i + 2], 'a' .. i, a)
+  end
+  redis.call('HSET', hk, 'n', n, 'state', 'held')
+  redis.call('PEXPIRE', hk, ARGV[3])
+  redis.call('ZADD', holds, ARGV[2], hk)
+end
+return out
+"""
+)
+
+# KEYS: holds, hold, then per actual j: account, minute index
+# ARGV: keep ms, n, then per actual j: amount, minute ('' unless rolling), account ttl ms ('' for none)
+_SETTLE = (
+    _LUA_PRELUDE
+    + """
+local holds, hk, n = KEYS[1], KEYS[2], tonumber(ARGV[2])
+for j = 1, n do  -- a script is not rolled back on error: validate before the first write
+  if not tonumber(ARGV[2 + 3 * (j - 1) + 1]) then return redis.error_reply('invalid amount') end
+end
+local state = redis.call('HGET', hk, 'state')
+if not state then return 'unknown' end
+if state == 'settled' then return 'duplicate' end
+if state == 'held' then release(hk) end
+redis.call('ZREM', holds, hk)
+for j = 1, n do
+  local b = 2 + 3 * (j - 1)
+  local acct, idx = KEYS[1 + 2 * j], KEYS[2 + 2 * j]
+  local amount, minute, ttl = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  redis.call('HINCRBYFLOAT', acct, 'settled', amount)
+  if minute ~= '' then
+    redis.call('HINCRBYFLOAT', acct, 'm:' .. minute, amount)
+    redis.call('ZADD', idx, minute, minute)
+    if ttl ~= '' then redis.call('PEXPIRE', idx, ttl) end
+  end
+  if ttl ~= '' then redis.call('PEXPIRE', acct, ttl) end
+end
+redis.call('HSET', hk, 'state', 'settled')
+redis.call('PEXPIRE', hk, ARGV[1])
+return state
+"""
+)
+
+# KEYS: account, minute index, lock. ARGV: lock token, ttl ms or '', total, then minute, amount pairs
+_LOAD = """
+for i = 3, #ARGV do  -- a script is not rolled back on error: validate before the first write
+  if not tonumber(ARGV[i]) then return redis.error_reply('invalid spend') end
+end
+if redis.call('HGET', KEYS[1], 'loaded') ~= '1' then
+  if tonumber(ARGV[3]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'settled', ARGV[3]) end
+  for i = 4, #ARGV, 2 do
+    redis.call('HINCRBYFLOAT', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i])
+  end
+  redis.call('HSET', KEYS[1], 'loaded', '1')
+  if ARGV[2] ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: holds, account, minute index, reserved. ARGV: now ms, horizon
+_READ = (
+    _LUA_PRELUDE
+    + """
+sweep(KEYS[1], ARGV[1])
+local s = spent(KEYS[2], KEYS[3], ARGV[2])
+local r = tonumber(redis.call('GET', KEYS[4]) or '0')
+return {tostring(s), tostring(r)}
+"""
+)
+
+_SWEEP = _LUA_PRELUDE + "\nreturn sweep(KEYS[1], ARGV[1])\n"
+
+
+@dataclass
+class SharedReservation(Reservation):
+    """A reservation whose holds live in Redis under ``reservation_id``."""
+
+    reservation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    key: str
+    index: str  # minute index (rolling windows; unused otherwise)
+    horizon: str  # first minute still in a rolling window, '' for calendar windows
+    ttl_ms: str  # '' for no expiry
+    window: str  # window key, names the load lock
+
+
+@dataclass(slots=True)
+class _Settlement:
+    reservation_id: str
+    keys: list[str]
+    args: list[str]
+    queued_at: float
+    refusals: int = 0
+
+
+class RedisBudgetLedger(BudgetLedger):
+    def __init__(
+        self,
+        policies: list[Policy],
+        loader: SpendLoader,
+        on_soft_limit: AlertSink,
+        *,
+        redis: RedisState,
+        clock: Callable[[], float] = time.time,
+        hold_ttl_s: float = HOLD_TTL_S,
+        load_wait_s: float = 10.0,
+        retry_queue_max: int = 10_000,
+    ) -> None:
+        super().__init__(policies, loader, on_soft_limit, clock=clock)
+        self._redis = redis
+        self._hold_ttl_ms = int(hold_ttl_s * 1000)
+        self._load_wait_s = load_wait_s
+        self._queue_max = retry_queue_max
+        self._holds_key = redis.key("bud", "holds")
+        self._reserve_script = redis.script(_RESERVE)
+        self._settle_script = redis.script(_SETTLE)
+        self._load_script = redis.script(_LOAD)
+        self._unlock_script = redis.script(_UNLOCK)
+        self._read_script = redis.script(_READ)
+        self._sweep_script = redis.script(_SWEEP)
+        self._loaded: dict[str, str] = {}  # policy key -> account key known to be loaded
+        self._loads: dict[str, asyncio.Future[None]] = {}  # account key -> load in progress here
+        self._snapshots: dict[str, tuple[str, float, float]] = {}  # policy id -> (window, spent, reserved)
+        self._pending: deque[_Settlement] = deque()
+        self._drainer: asyncio.Task[bool] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._send_failures = 0
+        self._closed = False
+
+    # --- policies ------------------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        super().set_policy(policy)
+        self._snapshots.pop(policy.policy_id, None)
+
+    def remove_policy(self, policy_id: str) -> bool:
+        self._snapshots.pop(policy_id, None)
+        return super().remove_policy(policy_id)
+
+    # --- reserve -------------------------------------------------------------------------------
+
+    async def reserve(self, who: Attribution, estimate: Estimate) -> Reservation:
+        policies = self.applicable(who)
+        if self._pending:
+            # Read our own settlements first. If Redis is down the reservation below fails closed.
+            with contextlib.suppress(SharedStateUnavailable):
+                await self.flush()
+        now = self._clock()
+        holds: list[tuple[Policy, float]] = []
+        for policy in policies:
+            amount = _amount(policy, estimate.usd, estimate.tokens)
+            if amount is not None and math.isfinite(amount):  # unpriced: not held against USD budgets
+                holds.append((policy, amount))
+        reservation = SharedReservation(holds=holds, reservation_id=uuid.uuid4().hex)
+        if not holds:
+            return reservation
+        accounts = [self._account(policy, now) for policy, _ in holds]
+        for (policy, _), account in zip(holds, accounts, strict=True):
+            await self._load_account(policy, account, now)
+        now_ms = int(now * 1000)
+        keys = [self._holds_key, self._hold_key(reservation.reservation_id)]
+        args: list[str | int | float] = [now_ms, now_ms + self._hold_ttl_ms, self._keep_ms(), len(holds)]
+        for (policy, amount), account in zip(holds, accounts, strict=True):
+            keys += [account.key, account.index, self._reserved_key(policy)]
+            args += [_num(amount), _limit(policy.hard_limit), _limit(policy.soft_limit), account.horizon]
+        for _ in range(3):
+            reply = await self._redis.run(self._reserve_script, keys, args, code=BUDGET_UNAVAILABLE)
+            if text(reply[0]) != "unloaded":
+                break
+            index = int(text(reply[1])) - 1  # Redis lost the account (restart): load it again
+            self._loaded.pop(_policy_key(holds[index][0]), None)
+            await self._load_account(holds[index][0], accounts[index], now)
+        else:
+            raise SharedStateUnavailable(
+                "budget state keeps disappearing from Redis; retry shortly", code=BUDGET_UNAVAILABLE
+            )
+        if text(reply[0]) == "blocked":
+            policy, amount = holds[int(text(reply[1])) - 1]
+            spent, reserved = float(text(reply[2])), float(text(reply[3]))
+            self._snapshots[policy.policy_id] = (window_key(policy.window, now), spent, reserved)
+            assert policy.hard_limit is not None
+            raise BudgetExceeded(
+                f"budget '{policy.policy_id}' ({policy.scope}, {policy.window}) would exceed its hard "
+                f"limit of {_fmt(policy, policy.hard_limit)}: {_fmt(policy, spent)} spent, "
+                f"{_fmt(policy, reserved)} reserved, this request needs up to {_fmt(policy, amount)}",
+                param=None,
+            )
+        crossed: list[tuple[Policy, float]] = []
+        for i, (policy, _) in enumerate(holds):
+            spent, reserved = float(text(reply[1 + 3 * i])), float(text(reply[2 + 3 * i]))
+            self._snapshots[policy.policy_id] = (window_key(policy.window, now), spent, reserved)
+            if text(reply[3 + 3 * i]) == "1":
+                crossed.append((policy, spent))
+        if crossed:
+            reservation.status = "soft_limit"
+            reservation.crossed = [policy for policy, _ in crossed]
+        for policy, spent in crossed:
+            self._on_soft(policy, window_key(policy.window, now), spent, policy.soft_limit or 0)
+        return reservation
+
+    # --- settle --------------------------------------------------------------------------------
+
+    def settle(self, reservation: Reservation, actual_usd: float | None, actual_tokens: int) -> None:
+        """Replace the holds by what the request really cost. Idempotent, never raises, never waits:
+        the settlement is queued and sent by a background task, retried until Redis takes it."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        if not isinstance(reservation, SharedReservation) or not reservation.holds:
+            return
+        now = self._clock()
+        keys = [self._holds_key, self._hold_key(reservation.reservation_id)]
+        args = [str(self._keep_ms()), "0"]
+        for policy, _ in reservation.holds:
+            amount = _amount(policy, actual_usd, actual_tokens)
+            if not amount or not math.isfinite(amount) or policy.policy_id not in self._policies:
+                continue
+            account = self._account(policy, now)
+            keys += [account.key, account.index]
+            minute = str(int(now // 60)) if policy.window in ROLLING_S else ""
+            args += [_num(amount), minute, account.ttl_ms]
+        args[1] = str((len(keys) - 2) // 2)
+        self._enqueue(_Settlement(reservation.reservation_id, keys, args, time.monotonic()))
+
+    @property
+    def pending_settlements(self) -> int:
+        """Settlements made here and not yet accepted by Redis (a gauge for operators)."""
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Send every queued settlement now; raises ``SharedStateUnavailable`` if Redis is unreachable."""
+        while self._pending:
+            self._kick()
+            drainer = self._drainer
+            if drainer is None:  # pragma: no cover - _kick always starts one inside a running loop
+                break
+            if not await asyncio.shield(drainer):
+                raise SharedStateUnavailable(
+                    f"the budget store (Redis) is unreachable; {len(self._pending)} settlement(s) queued",
+                    code=BUDGET_UNAVAILABLE,
+                    retry_after_s=1.0,
+                )
+
+    def _enqueue(self, item: _Settlement) -> None:
+        if len(self._pending) >= self._queue_max:
+            dropped = self._pending.popleft()
+            log.error(
+                "budget settlement queue full (%d); dropped reservation %s: its hold expires by itself, "
+                "its actual cost is not counted in Redis",
+                self._queue_max,
+                dropped.reservation_id,
+            )
+        self._pending.append(item)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._drainer is not None and not self._drainer.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a synchronous caller): the next flush() or reserve() sends it
+        self._drainer = loop.create_task(self._drain())
+
+    async def _drain(self) -> bool:
+        """Send the queue in order; settlements commute, so one Redis refuses goes to the back."""
+        refused_in_a_row = 0
+        while self._pending and refused_in_a_row < len(self._pending):
+            item = self._pending[0]
+            if time.monotonic() - item.queued_at > SETTLED_KEEP_S - 3600:
+                # Redis would no longer recognise a retry of it; sending it now could count it twice.
+                log.error("budget settlement %s is too old to retry; dropped", item.reservation_id)
+                self._pending.popleft()
+                continue
+            try:
+                await self._redis.run(self._settle_script, item.keys, item.args, code=BUDGET_UNAVAILABLE)
+            except SharedStateUnavailable as exc:
+                if exc.transient:  # an outage: everything behind it would fail the same way
+                    self._schedule_retry()
+                    return False
+                refused_in_a_row += 1
+                self._refused(item)
+                continue
+            except Exception:
+                log.exception("sending budget settlement %s failed", item.reservation_id)
+                refused_in_a_row += 1
+                self._refused(item)
+                continue
+            refused_in_a_row = 0
+            self._remove(item)
+        if self._pending:
+            self._schedule_retry()
+            return False
+        self._send_failures = 0
+        return True
+
+    def _refused(self, item: _Settlement) -> None:
+        self._remove(item)
+        item.refusals += 1
+        if item.refusals >= _MAX_REFUSALS:
+            log.error("budget settlement %s refused %d times; dropped", item.reservation_id, item.refusals)
+            return
+        self._pending.append(item)
+
+    def _remove(self, item: _Settlement) -> None:
+        if self._pending and self._pending[0] is item:
+            self._pending.popleft()
+        else:  # the queue overflowed meanwhile
+            with contextlib.suppress(ValueError):
+                self._pending.remove(item)
+
+    def _schedule_retry(self) -> None:
+        self._send_failures += 1
+        if self._retry is not None or self._closed:
+            return
+        delay = min(0.25 * 2 ** (self._send_failures - 1), 5.0)
+
+        def fire() -> None:
+            self._retry = None
+            self._kick()
+
+        self._retry = asyncio.get_running_loop().call_later(delay, fire)
+
+    # --- status and loading --------------------------------------------------------------------
+
+    def status(self, policy: Policy) -> dict[str, float | str | None]:
+        """Spend as this replica last read it (on ``reserve`` and ``load_all``)."""
+        now = self._clock()
+        key = window_key(policy.window, now)
+        snapshot = self._snapshots.get(policy.policy_id)
+        spent: float | None = None
+        reserved = 0.0
+        if snapshot is not None:
+            spent = snapshot[1] if snapshot[0] == key else 0.0
+            reserved = snapshot[2]
+        return {
+            "window_key": key,
+            "window_start": window_start(policy.window, now),
+            "spent": spent,
+            "reserved": reserved,
+            "remaining": None
+            if policy.hard_limit is None or spent is None
+            else max(0.0, policy.hard_limit - spent - reserved),
+        }
+
+    async def load_all(self) -> None:
+        """Load every policy's spend if needed and refresh what ``status`` reports."""
+        if self._pending:
+            with contextlib.suppress(SharedStateUnavailable):
+                await self.flush()
+        now = self._clock()
+        for policy in list(self._policies.values()):
+            account = self._account(policy, now)
+            await self._load_account(policy, account, now)
+            reply = await self._redis.run(
+                self._read_script,
+                [self._holds_key, account.key, account.index, self._reserved_key(policy)],
+                [int(now * 1000), account.horizon],
+                code=BUDGET_UNAVAILABLE,
+            )
+            self._snapshots[policy.policy_id] = (
+                window_key(policy.window, now),
+                float(text(reply[0])),
+                float(text(reply[1])),
+            )
+
+    async def sweep(self) -> int:
+        """Release holds past their expiry now (reservations also do this); returns how many."""
+        now_ms = int(self._clock() * 1000)
+        return int(
+            await self._redis.run(self._sweep_script, [self._holds_key], [now_ms], code=BUDGET_UNAVAILABLE)
+        )
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Try to send queued settlements before shutdown; what cannot be sent is logged."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except (SharedStateUnavailable, TimeoutError):
+            log.error("shutting down with %d budget settlement(s) not sent to Redis", len(self._pending))
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
+
+    async def _load_account(self, policy: Policy, account: _Account, now: float) -> None:
+        pk = _policy_key(policy)
+        if self._loaded.get(pk) == account.key:
+            return
+        pending = self._loads.get(account.key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        pending = asyncio.get_running_loop().create_future()
+        self._loads[account.key] = pending
+        try:
+            await self._load_shared(policy, account, now)
+            self._loaded[pk] = account.key
+            pending.set_result(None)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                pending.cancel()
+            else:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: waiters get it, nobody else has to
+            raise
+        finally:
+            self._loads.pop(account.key, None)
+
+    async def _load_shared(self, policy: Policy, account: _Account, now: float) -> None:
+        """Load the window's spend from the database once for all replicas (SET NX lock), or wait."""
+        lock = self._redis.key("bud", _policy_key(policy), "load", account.window)
+        deadline = time.monotonic() + self._load_wait_s
+        delay = 0.02
+        while True:
+            loaded = await self._redis.command("HGET", account.key, "loaded", code=BUDGET_UNAVAILABLE)
+            if loaded is not None and text(loaded) == "1":
+                return
+            token = uuid.uuid4().hex
+            if await self._redis.command(
+                "SET", lock, token, "NX", "PX", _LOAD_LOCK_MS, code=BUDGET_UNAVAILABLE
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise SharedStateUnavailable(
+                    f"the spend of budget '{policy.policy_id}' is still being loaded by another replica",
+                    code=BUDGET_UNAVAILABLE,
+                    retry_after_s=1.0,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        try:
+            rows = [
+                (minute, amount)
+                for minute, amount in await self._loader(policy, window_start(policy.window, now))
+                if math.isfinite(amount)
+            ]
+        except BaseException:
+            with contextlib.suppress(SharedStateUnavailable):  # else the lock expires by itself
+                await self._redis.run(self._unlock_script, [lock], [token], code=BUDGET_UNAVAILABLE)
+            raise
+        args: list[str | int | float] = [token, account.ttl_ms, _num(math.fsum(a for _, a in rows))]
+        if policy.window in ROLLING_S:
+            for minute, amount in sorted(rows):
+                args += [minute, _num(amount)]
+        await self._redis.run(
+            self._load_script, [account.key, account.index, lock], args, code=BUDGET_UNAVAILABLE
+        )
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def _account(self, policy: Policy, now: float) -> _Account:
+        pk = _policy_key(policy)
+        if policy.window in ROLLING_S:
+            length = ROLLING_S[policy.window]
+            key = self._redis.key("bud", pk, "roll")
+            horizon = str(int((now - length) // 60))
+            return _Account(key, key + ":idx", horizon, str(length * 1000 + 2 * _DAY_MS), "roll")
+        window = window_key(policy.window, now)
+        key = self._redis.key("bud", pk, "w", window)
+        ttl = _CALENDAR_TTL_MS.get(policy.window)
+        return _Account(key, key + ":idx", "", "" if ttl is None else str(ttl), window)
+
+    def _reserved_key(self, policy: Policy) -> str:
+        return self._redis.key("bud", _policy_key(policy), "reserved")
+
+    def _hold_key(self, reservation_id: str) -> str:
+        return self._redis.key("bud", "hold", reservation_id)
+
+    def _keep_ms(self) -> int:
+        return self._hold_ttl_ms + int(SETTLED_KEEP_S * 1000)
+
+
+def _policy_key(policy: Policy) -> str:
+    shape = hashlib.sha1(f"{policy.scope}|{policy.metric}|{policy.window}".encode(), usedforsecurity=False)
+    return f"{policy.policy_id}@{shape.hexdigest()[:10]}"
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _limit(value: float | None) -> str:
+    return "" if value is None else _num(value)

@@ -1,0 +1,151 @@
+"""One Redis connection for every piece of shared state, with its key namespace and its failure rule.
+
+Every key starts with ``palyra:{<prefix>}:``. The braces make the prefix a Redis Cluster hash tag, so
+the multi-key scripts of the budget ledger stay on one slot. Replicas that must share state use the
+same prefix; tests use a unique one each.
+
+Any Redis failure becomes ``SharedStateUnavailable``. After a connection failure the next calls fail
+at once for ``fail_fast_s`` instead of each waiting for the socket timeout, so an outage costs the
+request path microseconds, not the timeout per request; the first call after that window tries again,
+which is how every component recovers when Redis returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from palyra.shared.errors import SharedStateUnavailable
+
+log = logging.getLogger("palyra.shared")
+
+DEFAULT_PREFIX = "gw"
+UNAVAILABLE = "shared_state_unavailable"
+
+
+class RedisState:
+    def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX, fail_fast_s: float = 0.5) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._namespace = f"palyra:{{{prefix}}}"
+        self._fail_fast_s = fail_fast_s
+        self._down_until = 0.0
+        self._logged_down = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout_s: float = 0.5,
+        fail_fast_s: float = 0.5,
+    ) -> RedisState:
+        """A client with short timeouts and one quick retry on a dropped connection.
+
+        Every script is safe to run twice (reservations and settlements are keyed by their id), so the
+        retry after a connection lost mid-reply cannot double count.
+        """
+        client = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            health_check_interval=15,
+        )
+        return cls(client, prefix=prefix, fail_fast_s=fail_fast_s)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self._namespace, *parts))
+
+    def script(self, source: str) -> AsyncScript:
+        return self.client.register_script(source)
+
+    @property
+    def available(self) -> bool:
+        """False while inside the fail-fast window after a connection failure."""
+        return time.monotonic() >= self._down_until
+
+    async def run(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+        *,
+        code: str = UNAVAILABLE,
+    ) -> Any:
+        self._check(code)
+        try:
+            result = await script(keys=list(keys), args=list(args))
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, code) from exc
+        self._recovered()
+        return result
+
+    async def command(self, *args: str | int | float, code: str = SharedStateUnavailable.code or "") -> Any:
+        self._check(code)
+        try:
+            result = await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, code) from exc
+        self._recovered()
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            await self.command("PING")
+        except SharedStateUnavailable:
+            return False
+        return True
+
+    async def delete_namespace(self) -> int:
+        """Remove every key under this prefix (tests, and ``palyra`` resets). Returns how many."""
+        removed = 0
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._namespace) + ":*"
+        async for key in self.client.scan_iter(match=pattern, count=500):
+            removed += int(await self.client.delete(key))
+        return removed
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _check(self, code: str) -> None:
+        if time.monotonic() < self._down_until:
+            raise SharedStateUnavailable(
+                "shared state (Redis) is unreachable; retrying shortly", code=code, retry_after_s=1.0
+            )
+
+    def _failed(self, exc: BaseException, code: str) -> SharedStateUnavailable:
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            self._down_until = time.monotonic() + self._fail_fast_s
+        if not self._logged_down:
+            self._logged_down = True
+            log.warning("shared state (Redis) failed: %s: %s", type(exc).__name__, exc)
+        error = SharedStateUnavailable(
+            f"shared state (Redis) is unavailable: {type(exc).__name__}", code=code, retry_after_s=1.0
+        )
+        error.transient = type(exc) is not ResponseError  # its subclasses: read-only, OOM, loading…
+        return error
+
+    def _recovered(self) -> None:
+        if self._logged_down:
+            self._logged_down = False
+            log.warning("shared state (Redis) is reachable again")
+
+
+def text(value: Any) -> str:
+    """A script reply as text, whether the client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
