@@ -19,11 +19,9 @@ from palyra.providers.failures import (
     FailureClass,
     UpstreamAttemptError,
     classify_http,
-    connection_error,
     malformed_error,
-    timeout_error,
 )
-from palyra.providers.http_client import make_session
+from palyra.providers.http_client import make_session, upstream_call
 from palyra.providers.sse import read_events
 from palyra.providers.types import (
     ChatRequest,
@@ -84,7 +82,7 @@ class AnthropicProvider:
 
     async def chat(self, request: ChatRequest, target: ModelTarget) -> ChatResult:
         translated = translate_request(request, target, stream=False)
-        try:
+        async with upstream_call(self.provider_id, "/v1/messages", self._sent_keys):
             async with self._http().post(
                 self.base_url + "/v1/messages",
                 data=orjson.dumps(translated.body),
@@ -95,14 +93,12 @@ class AnthropicProvider:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
+                        resp.status,
+                        raw.decode(errors="replace"),
+                        resp.headers,
+                        self.provider_id,
+                        secrets=self._sent_keys,
                     )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "/v1/messages") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -114,49 +110,49 @@ class AnthropicProvider:
     async def chat_stream(self, request: ChatRequest, target: ModelTarget) -> AsyncIterator[StreamEvent]:
         translated = translate_request(request, target, stream=True)
         translator = StreamTranslator(json_tool=translated.json_tool)
-        try:
-            async with self._http().post(
+        async with (
+            upstream_call(self.provider_id, "stream", self._sent_keys),
+            self._http().post(
                 self.base_url + "/v1/messages",
                 data=orjson.dumps(translated.body),
                 headers=await self._headers("text/event-stream"),
                 timeout=self._stream_timeout,
                 allow_redirects=False,
-            ) as resp:
-                if resp.status != 200:
-                    raw = await resp.read()
-                    raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
-                    )
-                stopped = False
-                async for event, payload in read_events(resp.content):
-                    try:
-                        data = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise malformed_error(self.provider_id, f"the {event} event is not JSON") from None
-                    if not isinstance(data, dict):
-                        raise malformed_error(self.provider_id, f"the {event} event is not an object")
-                    name = event if event != "message" else str(data.get("type", ""))
-                    for out in translator.feed(name, data):
-                        yield out
-                    if name == "message_stop":
-                        stopped = True
-                        break
-                if not stopped:
-                    raise UpstreamAttemptError(
-                        failure_class=FailureClass.TRANSIENT,
-                        status=None,
-                        message=f"{self.provider_id} closed the stream before message_stop",
-                        retryable=True,  # only ever retried if nothing reached the client yet
-                        retry_after_s=None,
-                        failover_eligible=True,
-                        provider_id=self.provider_id,
-                    )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "stream") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
+            ) as resp,
+        ):
+            if resp.status != 200:
+                raw = await resp.read()
+                raise classify_http(
+                    resp.status,
+                    raw.decode(errors="replace"),
+                    resp.headers,
+                    self.provider_id,
+                    secrets=self._sent_keys,
+                )
+            stopped = False
+            async for event, payload in read_events(resp.content):
+                try:
+                    data = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise malformed_error(self.provider_id, f"the {event} event is not JSON") from None
+                if not isinstance(data, dict):
+                    raise malformed_error(self.provider_id, f"the {event} event is not an object")
+                name = event if event != "message" else str(data.get("type", ""))
+                for out in translator.feed(name, data):
+                    yield out
+                if name == "message_stop":
+                    stopped = True
+                    break
+            if not stopped:
+                raise UpstreamAttemptError(
+                    failure_class=FailureClass.TRANSIENT,
+                    status=None,
+                    message=f"{self.provider_id} closed the stream before message_stop",
+                    retryable=True,  # only ever retried if nothing reached the client yet
+                    retry_after_s=None,
+                    failover_eligible=True,
+                    provider_id=self.provider_id,
+                )
 
     async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
         raise InvalidRequest(
@@ -176,21 +172,21 @@ class AnthropicProvider:
 
     async def list_models(self) -> list[str]:
         headers = await self._headers()
-        try:
-            async with self._http().get(
+        async with (
+            upstream_call(self.provider_id, "/v1/models", self._sent_keys),
+            self._http().get(
                 self.base_url + "/v1/models", headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
-                    )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "/v1/models") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
+            ) as resp,
+        ):
+            raw = await resp.read()
+            if resp.status != 200:
+                raise classify_http(
+                    resp.status,
+                    raw.decode(errors="replace"),
+                    resp.headers,
+                    self.provider_id,
+                    secrets=self._sent_keys,
+                )
         try:
             data: Any = orjson.loads(raw)
             return [str(m["id"]) for m in data["data"]]

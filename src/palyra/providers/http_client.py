@@ -6,13 +6,16 @@ later (rebinding) to a private address.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from palyra.netguard import is_private_address
+from palyra.providers.failures import UpstreamAttemptError, connection_error, timeout_error
 
 try:  # aiohttp's own default resolver (aiodns when installed, else the thread pool)
     from aiohttp.resolver import DefaultResolver
@@ -43,6 +46,19 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+@contextlib.asynccontextmanager
+async def upstream_call(provider_id: str, phase: str, secrets: Iterable[str]) -> AsyncIterator[None]:
+    """One place that turns transport failures of an upstream call into attempt errors."""
+    try:
+        yield
+    except UpstreamAttemptError:
+        raise
+    except TimeoutError:
+        raise timeout_error(provider_id, phase) from None
+    except aiohttp.ClientError as exc:
+        raise connection_error(provider_id, exc, secrets=secrets) from None
 
 
 def make_session(provider_id: str, *, pool_size: int, allow_private: bool) -> aiohttp.ClientSession:

@@ -22,11 +22,9 @@ from palyra.providers.failures import (
     FailureClass,
     UpstreamAttemptError,
     classify_http,
-    connection_error,
     malformed_error,
-    timeout_error,
 )
-from palyra.providers.http_client import make_session
+from palyra.providers.http_client import make_session, upstream_call
 from palyra.providers.sse import read_events
 from palyra.providers.types import (
     ChatRequest,
@@ -255,25 +253,25 @@ class OpenAICompatibleProvider:
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
         data = orjson.dumps(body)
-        try:
-            async with self._http().post(
+        async with (
+            upstream_call(self.provider_id, path, self._sent_keys),
+            self._http().post(
                 self.base_url + path,
                 data=data,
                 headers=await self._headers(),
                 timeout=self._timeout,
                 allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
-                    )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, path) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
+            ) as resp,
+        ):
+            raw = await resp.read()
+            if resp.status != 200:
+                raise classify_http(
+                    resp.status,
+                    raw.decode(errors="replace"),
+                    resp.headers,
+                    self.provider_id,
+                    secrets=self._sent_keys,
+                )
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -287,50 +285,50 @@ class OpenAICompatibleProvider:
         data = orjson.dumps(chat_body(request, target, stream=True))
         headers = await self._headers()
         headers["Accept"] = "text/event-stream"
-        try:
-            async with self._http().post(
+        async with (
+            upstream_call(self.provider_id, "stream", self._sent_keys),
+            self._http().post(
                 self.base_url + "/chat/completions",
                 data=data,
                 headers=headers,
                 timeout=self._stream_timeout,
                 allow_redirects=False,
-            ) as resp:
-                if resp.status != 200:
-                    raw = await resp.read()
-                    raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
-                    )
-                done = False
-                async for _event, payload in read_events(resp.content):
-                    if payload.strip() == "[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise malformed_error(
-                            self.provider_id, "the stream carried a chunk that is not JSON"
-                        ) from None
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        raise classify_http(502, json.dumps(chunk), {}, self.provider_id)
-                    for event in chunk_events(chunk):
-                        yield event
-                if not done:
-                    raise UpstreamAttemptError(
-                        failure_class=FailureClass.TRANSIENT,
-                        status=None,
-                        message=f"{self.provider_id} closed the stream before [DONE]",
-                        retryable=True,  # only ever retried if nothing reached the client yet
-                        retry_after_s=None,
-                        failover_eligible=True,
-                        provider_id=self.provider_id,
-                    )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "stream") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
+            ) as resp,
+        ):
+            if resp.status != 200:
+                raw = await resp.read()
+                raise classify_http(
+                    resp.status,
+                    raw.decode(errors="replace"),
+                    resp.headers,
+                    self.provider_id,
+                    secrets=self._sent_keys,
+                )
+            done = False
+            async for _event, payload in read_events(resp.content):
+                if payload.strip() == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise malformed_error(
+                        self.provider_id, "the stream carried a chunk that is not JSON"
+                    ) from None
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise classify_http(502, json.dumps(chunk), {}, self.provider_id)
+                for event in chunk_events(chunk):
+                    yield event
+            if not done:
+                raise UpstreamAttemptError(
+                    failure_class=FailureClass.TRANSIENT,
+                    status=None,
+                    message=f"{self.provider_id} closed the stream before [DONE]",
+                    retryable=True,  # only ever retried if nothing reached the client yet
+                    retry_after_s=None,
+                    failover_eligible=True,
+                    provider_id=self.provider_id,
+                )
 
     async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
         body: dict[str, Any] = dict(request.extra)
@@ -373,7 +371,7 @@ class OpenAICompatibleProvider:
             form.add_field("temperature", str(request.temperature))
         for key, value in request.extra.items():
             form.add_field(key, value)
-        try:
+        async with upstream_call(self.provider_id, "/audio/transcriptions", self._sent_keys):
             async with self._http().post(
                 self.base_url + "/audio/transcriptions",
                 data=form,
@@ -384,14 +382,12 @@ class OpenAICompatibleProvider:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
+                        resp.status,
+                        raw.decode(errors="replace"),
+                        resp.headers,
+                        self.provider_id,
+                        secrets=self._sent_keys,
                     )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "/audio/transcriptions") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
         try:
             body = orjson.loads(raw)
             text = str(body["text"])
@@ -416,24 +412,24 @@ class OpenAICompatibleProvider:
         )
 
     async def list_models(self) -> list[str]:
-        try:
-            async with self._http().get(
+        async with (
+            upstream_call(self.provider_id, "/models", self._sent_keys),
+            self._http().get(
                 self.base_url + "/models",
                 headers=await self._headers(None),
                 timeout=self._timeout,
                 allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise classify_http(
-                        resp.status, raw.decode(errors="replace"), resp.headers, self.provider_id
-                    )
-        except UpstreamAttemptError:
-            raise
-        except TimeoutError:
-            raise timeout_error(self.provider_id, "/models") from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.provider_id, exc, secrets=self._sent_keys) from None
+            ) as resp,
+        ):
+            raw = await resp.read()
+            if resp.status != 200:
+                raise classify_http(
+                    resp.status,
+                    raw.decode(errors="replace"),
+                    resp.headers,
+                    self.provider_id,
+                    secrets=self._sent_keys,
+                )
         try:
             return [str(m["id"]) for m in orjson.loads(raw)["data"]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
