@@ -38,3 +38,5 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     # uvicorn's own access log would duplicate ours (one line per request, with the run's fields)
     logging.getLogger("uvicorn.access").disabled = True
+    # Migration chatter on every start is noise; a failing migration still logs at error level.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
