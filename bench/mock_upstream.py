@@ -265,6 +265,7 @@ class MockUpstream:
         self.base_url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path: Path | None = None
+        self._stderr_kept = ""  # the stderr file's text, kept when the file is removed on exit
 
     @property
     def pid(self) -> int:
@@ -331,11 +332,11 @@ class MockUpstream:
 
     def stderr_text(self) -> str:
         if self.stderr_path is None:
-            return ""
+            return self._stderr_kept
         try:
             return self.stderr_path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
-            return ""
+            return self._stderr_kept
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -345,10 +346,10 @@ class MockUpstream:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-    def cleanup(self) -> None:
-        if self.stderr_path is not None:
+        if self.stderr_path is not None:  # keep the text, remove the temp file
+            self._stderr_kept = self.stderr_text()
             self.stderr_path.unlink(missing_ok=True)
+            self.stderr_path = None
 
 
 def main(argv: list[str] | None = None) -> None:

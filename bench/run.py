@@ -122,7 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the daemon from this copy of src/ (e.g. `cp -r src /tmp/snap`), so that several runs "
         "measure the same code while the working tree changes; reported with a digest of its .py files",
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin the daemon and the client to CPUs")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the daemon, the client and the mock upstream to CPUs",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown")
     parser.add_argument("--json-file", type=Path, help="also write the JSON results to this file")
     args = parser.parse_args(argv)
@@ -560,7 +564,6 @@ def bench_daemon(
             settings = MockSettings(chunks=args.mock_chunks, delay_ms=args.mock_delay_ms)
             cpu = None if args.no_pin else UPSTREAM_CPU
             upstream = MockUpstream(free_port(), settings, server=args.mock_server, cpu=cpu)
-            stack.callback(upstream.cleanup)
             stack.enter_context(upstream)
             run.upstream = upstream.describe()
             say(f"mock upstream pid {upstream.pid} on {upstream.base_url} ({run.upstream})")
