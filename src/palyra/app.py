@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,12 +32,13 @@ from palyra.config.models import PalyraConfig, ProviderConfig
 from palyra.errors import InvalidRequest, PalyraError
 from palyra.gateway import Gateway, RunContext
 from palyra.governance.alerts import AlertLog
-from palyra.governance.budgets import BudgetLedger, Policy
+from palyra.governance.budgets import Policy
 from palyra.governance.pricing import PriceTable
 from palyra.governance.service import Governance
 from palyra.governance.tokenizer import default_tokenizer
 from palyra.jobs import JobContext, JobSpec, Scheduler
 from palyra.journal import JournalWriter, RunRecord
+from palyra.journal_spool import Spool
 from palyra.memory.backfill import run_backfill
 from palyra.memory.maintenance import run_maintenance
 from palyra.memory.store import SYSTEM_AGENT, EmbedOutcome, MemoryStore
@@ -46,16 +48,19 @@ from palyra.providers.dispatch import Dispatcher
 from palyra.providers.registry import ProviderRegistry, credential_for
 from palyra.providers.status import provider_status
 from palyra.providers.types import EmbeddingRequest
-from palyra.shared_state import InProcessCounterStore
+from palyra.shared import SharedState
+from palyra.shared.breaker import AsyncCircuitBreaker
 from palyra.skills import SkillService, run_reaudit
 from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
 from palyra.surface.admin_api import build_admin_api
-from palyra.surface.admin_governance import load_admin_policies, load_admin_prices
+from palyra.surface.admin_governance import sync_admin_governance
 from palyra.surface.openai_http import OpenAISurface, new_request_id
 from palyra.vault.keys import load_master_key
 from palyra.vault.store import Vault
+
+log = logging.getLogger("palyra.app")
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Components:
     audit: AuditLog
     oauth: OAuthClient
     attempts: PendingAttempts
+    shared: SharedState
 
 
 def state_dir_of(config: PalyraConfig) -> Path:
@@ -106,11 +112,21 @@ def build_components(config: PalyraConfig) -> Components:
             return AuthProfileCredential(auth, provider)
         return credential_for(provider)
 
-    registry = ProviderRegistry(config.model_provider, credentials=credentials)
+    shared = SharedState.from_url(config.server.redis_url, prefix=config.server.redis_key_prefix)
+
+    def breaker(provider_id: str, failure_threshold: int, cooldown_s: float) -> AsyncCircuitBreaker:
+        return shared.circuit_breaker(provider_id, failure_threshold=failure_threshold, cooldown_s=cooldown_s)
+
+    registry = ProviderRegistry(
+        config.model_provider,
+        credentials=credentials,
+        breakers=breaker,
+        limits=shared.concurrency_limit,
+    )
     token_repo = TokenRepository(db)
     tokens = TokenService(
         token_repo,
-        InProcessCounterStore(),
+        shared.counters,
         cache_ttl_s=config.server.token_cache_ttl_s,
         default_rate_limit_per_minute=config.server.default_token_rate_limit_per_minute,
     )
@@ -124,6 +140,7 @@ def build_components(config: PalyraConfig) -> Components:
         flush_interval_s=config.server.journal_flush_interval_ms / 1000.0,
         batch_size=config.server.journal_batch_size,
         after_flush=after_flush,
+        spool=Spool(state_dir / "journal"),
     )
     admin_token, admin_source = load_admin_token(state_dir)
     metrics = Metrics()
@@ -133,7 +150,7 @@ def build_components(config: PalyraConfig) -> Components:
     async def spend(policy: Policy, since: float) -> list[tuple[int, float]]:
         return await runs.spend_by_minute(metric=policy.metric, scope=policy.scope, since=since)
 
-    ledger = BudgetLedger(
+    ledger = shared.budget_ledger(
         [Policy.from_config(b) for b in config.budgets],
         spend,
         lambda policy, window, spent, limit: (
@@ -172,6 +189,7 @@ def build_components(config: PalyraConfig) -> Components:
         audit=audit,
         oauth=oauth,
         attempts=PendingAttempts(),
+        shared=shared,
     )
 
 
@@ -194,11 +212,12 @@ def build_app(config: PalyraConfig) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
+        # Redis down does not make a replica unready: every replica shares it, so taking them out of
+        # the load balancer would only turn budget 503s into connection errors.
         ready = await c.db.is_ready()
-        return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "database": ready},
-            status_code=200 if ready else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "database": ready}
+        body["shared_state"] = await c.shared.ready() if c.shared.shared else None
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(_request: Request) -> Response:
         c.metrics.journal_pending.set(c.journal.pending)
@@ -231,17 +250,18 @@ def build_app(config: PalyraConfig) -> Starlette:
         await c.vault.check_master_key()
         # The tokenizer takes ~0.2 s to build; pay it at start, not on the first request.
         await asyncio.get_running_loop().run_in_executor(None, default_tokenizer().load)
-        for policy in await load_admin_policies(c.db):
-            c.governance.ledger.set_policy(policy)
-        for price in await load_admin_prices(c.db):
-            c.governance.prices.set(price)
+        await sync_admin_governance(c.db, c.governance.ledger, c.governance.prices)
+        await c.journal.recover()
         c.journal.start()
         await c.scheduler.start()
+        syncing = asyncio.create_task(_keep_governance_in_sync(c))
         try:
             yield
         finally:
+            syncing.cancel()
             await c.scheduler.stop()
             await c.journal.close()
+            await c.shared.aclose()
             await c.alerts.drain()
             await c.auth.drain()
             await c.oauth.close()
@@ -261,6 +281,17 @@ def build_app(config: PalyraConfig) -> Starlette:
     )
     app.state.components = c
     return app
+
+
+async def _keep_governance_in_sync(c: Components) -> None:
+    """Pick up budgets and prices another replica set through the admin API."""
+    interval = c.config.server.policy_sync_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sync_admin_governance(c.db, c.governance.ledger, c.governance.prices)
+        except Exception:  # a database blip: keep what we have, try again next round
+            log.warning("could not re-read budgets and prices from the database", exc_info=True)
 
 
 async def _unwired_embedder(texts: list[str], agent: str | None) -> EmbedOutcome:  # pragma: no cover

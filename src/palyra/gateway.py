@@ -198,7 +198,7 @@ class Gateway:
                     )
                 )
             await events.aclose()  # type: ignore[attr-defined]
-            self.dispatcher.finish_stream(runtime, failure, time.perf_counter() - opened)
+            await self.dispatcher.finish_stream(runtime, failure, time.perf_counter() - opened)
             self._settle(ctx, admission)
 
     async def embed(self, ctx: RunContext, request: EmbeddingRequest) -> EmbeddingResult:

@@ -1,8 +1,9 @@
 """The run journal: one record per /v1 request, written by a batched background writer.
 
-The request path only appends to an in-memory buffer; a background task inserts batches every
-``flush_interval`` (or sooner when a batch fills). A graceful shutdown flushes everything; a crash
-can lose at most the records of the last flush interval.
+The request path appends to an in-memory buffer and to the on-disk spool (``journal_spool``); a
+background task inserts batches every ``flush_interval`` (or sooner when a batch fills). A graceful
+shutdown flushes everything. A killed process loses nothing either: the next start replays the
+spool. Only a machine crash can lose records, those the kernel had not yet written to disk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from palyra.journal_spool import Spool
 from palyra.storage.runs import RunRepository
 
 log = logging.getLogger("palyra.journal")
@@ -97,8 +99,11 @@ class JournalWriter:
         flush_interval_s: float = 0.2,
         batch_size: int = 500,
         after_flush: Callable[[], Awaitable[None]] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._repo = repo
+        self._spool = spool
+        self._spool_failed = False
         self._interval = flush_interval_s
         self._batch = batch_size
         self._after_flush = after_flush
@@ -120,9 +125,32 @@ class JournalWriter:
             self._buffer.popleft()
             self.dropped += 1
             log.error("journal buffer full; dropped the oldest unwritten run record")
+        if self._spool is not None:
+            try:
+                self._spool.append(run)
+            except OSError as exc:
+                if not self._spool_failed:
+                    self._spool_failed = True
+                    log.error("journal spool write failed (%s); records are kept in memory only", exc)
         self._buffer.append(run)
         if len(self._buffer) >= self._batch:
             self._wake.set()
+
+    async def recover(self) -> int:
+        """Insert the records a killed process left in the spool (before ``start``); returns how many."""
+        if self._spool is None:
+            return 0
+        count = 0
+        for path, records in self._spool.leftovers():
+            for i in range(0, len(records), self._batch):
+                batch = records[i : i + self._batch]
+                await self._repo.insert_many(
+                    [r.row() for r in batch], decisions=[r.decision for r in batch if r.decision]
+                )
+            count += len(records)
+            log.warning("journal: recovered %d run record(s) from %s", len(records), path.name)
+        self._spool.committed()
+        return count
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="palyra-journal-writer")
@@ -143,6 +171,8 @@ class JournalWriter:
                 backoff *= 2
 
     async def flush(self) -> None:
+        if self._spool is not None:
+            self._spool.seal()  # its records are all in the buffer now, ahead of any newer one
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
             await self._repo.insert_many(
@@ -151,6 +181,8 @@ class JournalWriter:
             for _ in batch:
                 self._buffer.popleft()
             self.written += len(batch)
+        if self._spool is not None:
+            self._spool.committed()
         if self._after_flush is not None:
             await self._after_flush()
 
@@ -164,6 +196,8 @@ class JournalWriter:
         for attempt in range(5):
             try:
                 await self.flush()
+                if self._spool is not None:
+                    self._spool.close()
                 return
             except Exception:
                 log.exception("journal flush at shutdown failed (attempt %d)", attempt + 1)

@@ -103,6 +103,28 @@ def test_sigterm_flushes_queued_records(tmp_path: Path) -> None:
     assert data["totals"][0]["requests"] >= 25
 
 
+def test_sigkill_loses_no_record_of_a_completed_response(tmp_path: Path) -> None:
+    config = "[server]\njournal_flush_interval_ms = 60000\njournal_batch_size = 10000\n"
+    d = start_daemon(tmp_path, config=config)
+    token, _ = d.create_token(name="t")
+    ids = []
+    for i in range(20):
+        body = {**CHAT, "stream": i % 2 == 1}
+        r = httpx.post(d.v1 + "/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        ids.append(r.headers["x-request-id"])
+    d.stop(signal.SIGKILL)
+    restarted = start_daemon(tmp_path, config=config)
+    try:
+        with restarted.admin() as c:
+            runs = c.get("/usage/runs", params={"limit": 100}).json()["data"]
+        found = [r["request_id"] for r in runs]
+        assert sorted(set(ids) & set(found)) == sorted(ids) and len(found) == len(set(found))
+        assert "recovered 20 run record(s)" in restarted.log()
+    finally:
+        restarted.stop()
+
+
 def test_cli_tokens_and_usage_while_daemon_runs(tmp_path: Path) -> None:
     d = start_daemon(tmp_path)
     env = {

@@ -29,6 +29,10 @@ class ServerConfig(Frozen):
     database_url: str = ""
     database_schema: str = ""
     redis_url: str = ""
+    # Every Redis key starts with palyra:{<prefix>}:; replicas of one gateway share it.
+    redis_key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "gw"
+    # With Redis: how often each replica re-reads budget policies and prices set through the admin API.
+    policy_sync_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     max_json_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024

@@ -281,6 +281,12 @@ class PriceTable:
             layer.pop(key, None)
         return removed
 
+    def replace_layer(self, source: PriceSource, prices: Iterable[Price]) -> None:
+        """Make one layer exactly ``prices`` (a replica catching up with admin changes made elsewhere)."""
+        self._layers[source] = {}
+        for price in prices:
+            self._put(price if price.source == source else dataclasses.replace(price, source=source))
+
     def _put(self, price: Price) -> None:
         prices = self._layers[price.source].setdefault(_key(price.model_id), [])
         prices[:] = [p for p in prices if p.effective_from != price.effective_from]

@@ -100,18 +100,18 @@ class Dispatcher:
         (head, events), model, runtime = await self._run(candidates, first, log, on_model, hold_slot=True)
         return head, events, model, runtime
 
-    def finish_stream(
+    async def finish_stream(
         self, runtime: ProviderRuntime, error: UpstreamAttemptError | None, elapsed_s: float
     ) -> None:
         """Account for how an opened stream ended, and give back its slot."""
         runtime.limit.release()
         if error is None:
-            runtime.breaker.record_success()
+            await runtime.breaker.record_success()
             runtime.health.record_success(elapsed_s)
             runtime.credential.feedback(None)
             self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
         else:
-            self._record_failure(runtime, error, elapsed_s)
+            await self._record_failure(runtime, error, elapsed_s)
 
     async def _run(
         self,
@@ -130,7 +130,7 @@ class Dispatcher:
             if index > 0:
                 log.failovers += 1
             try:
-                runtime.breaker.acquire()
+                await runtime.breaker.acquire()
             except CircuitOpen as exc:
                 open_circuits.append(exc)
                 self._metrics.upstream_attempts.labels(runtime.config.provider_id, "circuit_open").inc()
@@ -138,7 +138,7 @@ class Dispatcher:
             try:
                 await runtime.limit.acquire()
             except NoHealthyProvider as exc:
-                runtime.breaker.release_probe()
+                await runtime.breaker.release_probe()
                 busy = exc
                 continue
             on_model(model)
@@ -159,7 +159,7 @@ class Dispatcher:
                             and runtime.breaker.state is not CircuitState.OPEN
                         )
                         if not can_retry:
-                            self._record_failure(runtime, err, elapsed)
+                            await self._record_failure(runtime, err, elapsed)
                             break
                         runtime.health.retries += 1
                         self._metrics.upstream_attempts.labels(runtime.config.provider_id, "retry").inc()
@@ -169,14 +169,14 @@ class Dispatcher:
                         continue
                     except BaseException:
                         log.upstream_s += time.perf_counter() - started
-                        runtime.breaker.release_probe()
+                        await runtime.breaker.release_probe()
                         raise
                     elapsed = time.perf_counter() - started
                     log.upstream_s += elapsed
                     if hold_slot:
                         released = True  # handed to the stream; finish_stream gives it back
                     else:
-                        runtime.breaker.record_success()
+                        await runtime.breaker.record_success()
                         runtime.health.record_success(elapsed)
                         runtime.credential.feedback(None)
                         self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
@@ -197,11 +197,13 @@ class Dispatcher:
             retry_after_s=retry_after,
         )
 
-    def _record_failure(self, runtime: ProviderRuntime, err: UpstreamAttemptError, elapsed_s: float) -> None:
+    async def _record_failure(
+        self, runtime: ProviderRuntime, err: UpstreamAttemptError, elapsed_s: float
+    ) -> None:
         runtime.health.record_failure(err.failure_class.value, err.message, err.status, elapsed_s)
         runtime.credential.feedback(err.failure_class.value)
         self._metrics.upstream_attempts.labels(runtime.config.provider_id, "error").inc()
         if err.failure_class in _BREAKER_CLASSES:
-            runtime.breaker.record_failure()
+            await runtime.breaker.record_failure()
         else:
-            runtime.breaker.release_probe()
+            await runtime.breaker.release_probe()

@@ -20,7 +20,9 @@ from palyra.providers.credentials import CredentialSource, EnvCredential, NoCred
 from palyra.providers.deterministic import DeterministicProvider
 from palyra.providers.health import ProviderHealth
 from palyra.providers.openai_compat import OpenAICompatibleProvider
-from palyra.providers.resilience import CircuitBreaker, ConcurrencyLimit
+from palyra.providers.resilience import ConcurrencyLimit
+from palyra.shared.breaker import AsyncCircuitBreaker, InProcessCircuitBreaker
+from palyra.shared.limits import ProviderConcurrencyLimit
 
 ROLE_ENDPOINT = {
     "chat": "chat completions",
@@ -39,6 +41,13 @@ _DEFAULTS: dict[tuple[str, str], tuple[bool, bool, bool, bool, int | None, str, 
 _ROLE_DEFAULT = (False, False, False, False, None, "low", "low")
 
 ProviderFactory = Callable[[ProviderConfig, CredentialSource], Provider]
+# (provider id, failure threshold, cooldown seconds) -> breaker; (provider id, limit, wait seconds) -> limit
+BreakerFactory = Callable[[str, int, float], AsyncCircuitBreaker]
+LimitFactory = Callable[[str, int, float], ProviderConcurrencyLimit]
+
+
+def in_process_breaker(provider_id: str, failure_threshold: int, cooldown_s: float) -> AsyncCircuitBreaker:
+    return InProcessCircuitBreaker(provider_id, failure_threshold=failure_threshold, cooldown_s=cooldown_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +93,8 @@ class RegisteredModel:
 class ProviderRuntime:
     provider: Provider
     config: ProviderConfig
-    breaker: CircuitBreaker
-    limit: ConcurrencyLimit
+    breaker: AsyncCircuitBreaker
+    limit: ProviderConcurrencyLimit
     health: ProviderHealth
     credential: CredentialSource
 
@@ -109,6 +118,8 @@ class ProviderRegistry:
         config: ModelProviderConfig,
         factories: dict[str, ProviderFactory] | None = None,
         credentials: Callable[[ProviderConfig], CredentialSource] = credential_for,
+        breakers: BreakerFactory = in_process_breaker,
+        limits: LimitFactory = ConcurrencyLimit,
     ) -> None:
         self.config = config
         factories = DEFAULT_FACTORIES if factories is None else factories
@@ -126,12 +137,12 @@ class ProviderRegistry:
             self.runtimes[p.provider_id] = ProviderRuntime(
                 provider=factory(p, credential),
                 config=p,
-                breaker=CircuitBreaker(
+                breaker=breakers(
                     p.provider_id,
-                    failure_threshold=p.circuit_breaker.failure_threshold,
-                    cooldown_s=p.circuit_breaker.cooldown_ms / 1000.0,
+                    p.circuit_breaker.failure_threshold,
+                    p.circuit_breaker.cooldown_ms / 1000.0,
                 ),
-                limit=ConcurrencyLimit(p.provider_id, p.max_concurrency, p.concurrency_wait_ms / 1000.0),
+                limit=limits(p.provider_id, p.max_concurrency, p.concurrency_wait_ms / 1000.0),
                 health=ProviderHealth(p.provider_id),
                 credential=credential,
             )

@@ -17,6 +17,7 @@ async def provider_status(runtime: ProviderRuntime, registry: ProviderRegistry) 
     cfg = runtime.config
     credential = runtime.credential
     has_credential = await credential.configured()
+    await runtime.breaker.refresh()
     circuit = runtime.breaker.state
     return {
         "provider_id": cfg.provider_id,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Integer, Select, func, insert, select
+from sqlalchemy import Integer, Select, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 
 from palyra.storage.db import Database
 from palyra.storage.schema import routing_decisions, runs
@@ -32,13 +34,20 @@ class RunRepository:
     async def insert_many(
         self, rows: Sequence[dict[str, Any]], *, decisions: Sequence[dict[str, Any]] = ()
     ) -> None:
-        """One transaction for a batch, so a retried batch never half-exists."""
+        """One transaction for a batch, so a retried batch never half-exists. Rows whose request id
+        is already stored are skipped: a batch retried after an unacknowledged commit, or replayed
+        from the spool after a crash, never fails and never counts twice."""
         if not rows:
             return
         async with self._db.engine.begin() as conn:
-            await conn.execute(insert(runs), list(rows))
+            await conn.execute(self._insert_new(runs), list(rows))
             if decisions:
-                await conn.execute(insert(routing_decisions), list(decisions))
+                await conn.execute(self._insert_new(routing_decisions), list(decisions))
+
+    def _insert_new(self, table: Table) -> Insert:
+        if self._db.is_sqlite:
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
 
     async def spend_by_minute(self, *, metric: str, scope: str, since: float) -> list[tuple[int, float]]:
         """Spend (USD or tokens) per minute since ``since`` for a budget scope (global, agent:…, …)."""

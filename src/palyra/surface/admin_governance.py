@@ -85,6 +85,20 @@ async def load_admin_prices(db: Database) -> list[Price]:
     ]
 
 
+async def sync_admin_governance(db: Database, ledger: BudgetLedger, prices: PriceTable) -> None:
+    """Make this replica's admin-set budgets and prices those in the database: at start, and
+    periodically, since another replica may have changed them."""
+    stored = {p.policy_id: p for p in await load_admin_policies(db)}
+    for policy in ledger.policies:
+        if policy.source == "admin" and policy.policy_id not in stored:
+            ledger.remove_policy(policy.policy_id)
+    current = {p.policy_id: p for p in ledger.policies}
+    for policy_id, policy in stored.items():
+        if current.get(policy_id) != policy:
+            ledger.set_policy(policy)
+    prices.replace_layer("admin", await load_admin_prices(db))
+
+
 def build_governance_router(
     *,
     db: Database,

@@ -1,0 +1,120 @@
+"""Run records on local disk until the database has them, so a crash loses none.
+
+The request path appends each finished run to the active segment with one ``write(2)``: once it
+returns, the record is in the kernel's page cache and survives the process being killed (SIGKILL,
+OOM, a crash); only a machine crash before the kernel writes it back can lose it. The journal writer
+*seals* the active segment when it takes a batch (a fresh one takes new records), and deletes sealed
+segments once their records are committed. At start, segments left by a dead process are read back
+and inserted, skipping records the database already has, so a record is never lost and never counted
+twice.
+
+A segment is ``run-<pid>-<n>.jsonl`` in ``<state_dir>/journal``, one JSON object per line. Each open
+segment holds an exclusive ``flock`` for as long as its process may still write or delete it, so a
+second process started on the same state directory never replays a live process's records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from palyra.journal import RunRecord
+
+log = logging.getLogger("palyra.journal")
+
+
+@dataclass
+class _Segment:
+    path: Path
+    fd: int
+    records: int = 0
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._seq = 0
+        self._active: _Segment | None = None
+        self._sealed: list[_Segment] = []
+
+    def append(self, run: RunRecord) -> None:
+        """Write one record durably against a process crash. Raises ``OSError`` (disk full…)."""
+        segment = self._active or self._open()
+        line = orjson.dumps(dataclasses.asdict(run)) + b"\n"
+        os.write(segment.fd, line)
+        segment.records += 1
+
+    def seal(self) -> None:
+        """Close the active segment to new records: everything in it is about to be written."""
+        if self._active is not None and self._active.records:
+            self._sealed.append(self._active)
+            self._active = None
+
+    def committed(self) -> None:
+        """Every record of the sealed segments is in the database: delete them."""
+        for segment in self._sealed:
+            _remove(segment)
+        self._sealed.clear()
+
+    def close(self) -> None:
+        """At a clean shutdown, after the last commit: nothing is left to keep."""
+        self.seal()
+        self.committed()
+        if self._active is not None:
+            _remove(self._active)
+            self._active = None
+
+    def leftovers(self) -> list[tuple[Path, list[RunRecord]]]:
+        """Segments a dead process left behind, with their records (unreadable lines skipped).
+
+        Each returned segment stays locked by this process until ``forget`` removes it.
+        """
+        from palyra.journal import RunRecord
+
+        found: list[tuple[Path, list[RunRecord]]] = []
+        for path in sorted(self.directory.glob("run-*.jsonl")):
+            if self._active is not None and path == self._active.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a live process still owns it
+                continue
+            records: list[RunRecord] = []
+            with open(fd, "rb", closefd=False) as handle:
+                for number, line in enumerate(handle, 1):
+                    try:
+                        records.append(RunRecord(**orjson.loads(line)))
+                    except (orjson.JSONDecodeError, TypeError):
+                        log.warning("journal spool %s line %d is unreadable; skipped", path.name, number)
+            self._sealed.append(_Segment(path, fd, len(records)))
+            found.append((path, records))
+        return found
+
+    def _open(self) -> _Segment:
+        self._seq += 1
+        path = self.directory / f"run-{os.getpid()}-{self._seq}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._active = _Segment(path, fd)
+        return self._active
+
+
+def _remove(segment: _Segment) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        segment.path.unlink()
+    os.close(segment.fd)
