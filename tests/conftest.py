@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -150,6 +151,13 @@ def client(daemon: Daemon, token: str) -> OpenAI:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """An isolated PostgreSQL schema for one test, dropped afterwards."""
+    with isolated_pg_schema() as name:
+        yield name
+
+
+@contextlib.contextmanager
+def isolated_pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped on exit (for fixtures of any scope)."""
     import asyncio
 
     import asyncpg
@@ -184,5 +192,7 @@ def pg_schema() -> Iterator[str]:
             pool.submit(asyncio.run, run(sql)).result()
 
     blocking(f'CREATE SCHEMA "{name}"')
-    yield name
-    blocking(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    try:
+        yield name
+    finally:
+        blocking(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

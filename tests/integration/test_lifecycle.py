@@ -8,11 +8,14 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
 from conftest import REPO, Daemon, start_daemon
+from fakes import FakeOpenAI, Reply
 
 CHAT = {"model": "deterministic", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -121,6 +124,50 @@ def test_sigkill_loses_no_record_of_a_completed_response(tmp_path: Path) -> None
         found = [r["request_id"] for r in runs]
         assert sorted(set(ids) & set(found)) == sorted(ids) and len(found) == len(set(found))
         assert "recovered 20 run record(s)" in restarted.log()
+    finally:
+        restarted.stop()
+
+
+def test_sigterm_lets_an_open_stream_finish_and_refuses_new_connections(tmp_path: Path) -> None:
+    with FakeOpenAI() as upstream:
+        config = (
+            "[server]\njournal_flush_interval_ms = 60000\ngraceful_shutdown_s = 10\n"
+            '[[model_provider.providers]]\nprovider_id = "up"\nkind = "openai_compatible"\n'
+            f'base_url = "{upstream.url}/v1"\nallow_private_base_url = true\n'
+            '[[model_provider.models]]\nmodel_id = "up-model"\nprovider_id = "up"\n'
+            'upstream_model = "gpt-4o-mini"\n'
+        )
+        d = start_daemon(tmp_path, config=config)
+        token, _ = d.create_token(name="t")
+        upstream.script("/v1/chat/completions", Reply(chunk_delay_s=0.2))
+        body = {
+            "model": "up-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
+        }
+        with httpx.stream(
+            "POST",
+            d.v1 + "/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=20,
+        ) as r:
+            request_id = r.headers["x-request-id"]
+            lines = (line for line in r.iter_lines() if line.startswith("data:"))
+            next(lines)
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(httpx.ConnectError):  # no longer accepting
+                httpx.get(d.base_url + "/healthz", timeout=2)
+            rest = list(lines)
+        assert len(rest) >= 3 and rest[-1] == "data: [DONE]"  # the stream ran to its end
+        assert d.proc.wait(20) in (0, -signal.SIGTERM)
+
+    restarted = start_daemon(tmp_path, config=config)
+    try:
+        with restarted.admin() as c:
+            row = c.get("/usage/runs", params={"request_id": request_id}).json()["data"][0]
+        assert row["status"] == "ok" and row["stream"] is True and row["completion_tokens"] > 0
     finally:
         restarted.stop()
 
