@@ -29,6 +29,7 @@ from palyra.auth.service import AuthService
 from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService
 from palyra.config.models import PalyraConfig, ProviderConfig
+from palyra.console import build_console
 from palyra.errors import InvalidRequest, PalyraError
 from palyra.gateway import Gateway, RunContext
 from palyra.governance.alerts import AlertLog
@@ -275,6 +276,12 @@ def build_app(config: PalyraConfig) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Mount("/api/v1", app=admin),
+            Mount(
+                "/console",
+                app=build_console(
+                    admin.state.console_sessions, public_base_url=config.server.public_base_url
+                ),
+            ),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from palyra.callers.tokens import parse_duration
+from palyra.console.session import ConsoleSessions
 from palyra.errors import AuthenticationFailed, InvalidRequest, NotFound, PalyraError
 from palyra.providers.registry import ProviderRuntime
 from palyra.providers.status import probe, provider_status
@@ -65,15 +66,24 @@ def build_admin_api(c: Components) -> FastAPI:
         redoc_url=None,
     )
     expected = admin_token.encode()
+    # The web console's login: a signed cookie plus a CSRF header on changes (palyra.console.session).
+    sessions = ConsoleSessions(
+        admin_token, always_secure=c.config.server.public_base_url.startswith("https://")
+    )
+    api.state.console_sessions = sessions
 
     async def require_admin(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-            raise AuthenticationFailed(
-                "admin token required: send 'Authorization: Bearer <admin token>' "
-                "(PALYRA_ADMIN_TOKEN or <state_dir>/admin_token)"
-            )
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
+            return
+        # A bearer header, right or wrong, is never overridden by a cookie.
+        if not header and sessions.admit(request, request.method):
+            return
+        raise AuthenticationFailed(
+            "admin token required: send 'Authorization: Bearer <admin token>' "
+            "(PALYRA_ADMIN_TOKEN or <state_dir>/admin_token), or log in to the console"
+        )
 
     @api.exception_handler(PalyraError)
     async def _palyra_error(_request: Request, exc: PalyraError) -> JSONResponse:
@@ -224,7 +234,7 @@ def build_admin_api(c: Components) -> FastAPI:
 
     api.include_router(build_cron_router(c.scheduler, admin))
     api.include_router(build_skills_router(service=c.skills, admin=admin))
-    api.include_router(build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens)))
+    api.include_router(build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens, sessions)))
     api.include_router(
         build_governance_router(
             db=c.db,

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from palyra.callers.tokens import Caller, TokenService, validate_agent_id
+from palyra.console.session import ConsoleSessions
 from palyra.errors import InvalidRequest, NotFound
 from palyra.memory.store import MAX_TTL_DAYS, MemoryStore
 
@@ -62,14 +63,19 @@ class MemoryCaller:
 MemoryAuth = Callable[[Request], Awaitable[MemoryCaller]]
 
 
-def memory_caller(admin_token: str, tokens: TokenService) -> MemoryAuth:
-    """A FastAPI dependency: the admin bearer (compared in constant time) or a ``memory`` API token."""
+def memory_caller(
+    admin_token: str, tokens: TokenService, sessions: ConsoleSessions | None = None
+) -> MemoryAuth:
+    """A FastAPI dependency: the admin bearer (compared in constant time), a console session (the
+    admin, logged in), or a ``memory`` API token."""
     expected = admin_token.encode()
 
     async def dependency(request: Request) -> MemoryCaller:
         header = request.headers.get("authorization")
         scheme, _, value = (header or "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
+            return MemoryCaller(None)
+        if header is None and sessions is not None and sessions.admit(request, request.method):
             return MemoryCaller(None)
         now = time.time()
         caller = await tokens.authenticate(header, now)
