@@ -19,6 +19,7 @@ import pytest
 
 from conftest import Daemon, start_daemon
 from fakes import FakeOpenAI
+from fakes.oauth_server import FakeAuthServer
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])"
@@ -54,13 +55,28 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def auth_server() -> Iterator[FakeAuthServer]:
+    fake = FakeAuthServer().start()  # approves at once: /authorize redirects straight to the callback
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    upstream: FakeOpenAI, auth_server: FakeAuthServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    oauth = auth_server.endpoints
     config = (
-        "[model_provider]\nfailover_enabled = false\n"
+        '[model_provider]\nfailover_enabled = false\ndefault_embeddings_model_id = "embed"\n'
         "[[model_provider.providers]]\n"
         f'provider_id = "openai"\nkind = "openai_compatible"\nbase_url = "{upstream.base_url}"\n'
         'allow_private_base_url = true\nmax_retries = 0\nauth_profile_id = "openai-main"\n'
         '[[model_provider.models]]\nmodel_id = "gpt-4o-mini"\nprovider_id = "openai"\n'
+        '[[model_provider.models]]\nmodel_id = "embed"\nprovider_id = "openai"\nrole = "embeddings"\n'
+        'upstream_model = "text-embedding-3-small"\n'
+        "[auth.oauth.openai]\n"
+        f'authorize_url = "{oauth.authorize_url}"\ntoken_url = "{oauth.token_url}"\n'
+        f'revoke_url = "{oauth.revoke_url}"\nallow_private = true\n'
     )
     d = start_daemon(tmp_path_factory.mktemp("console-browser"), config=config)
     yield d
@@ -273,6 +289,47 @@ def test_create_a_token_shown_once(ui: Console, gw: Daemon) -> None:
     ui.open("tokens")
     assert value not in ui.d.page_source
     assert not ui.d.find_elements(By.ID, "new-token-value")
+
+
+def test_oauth_connect_in_a_popup_lists_the_profile(ui: Console) -> None:
+    ui.open("auth")
+    main_window = ui.d.current_window_handle
+    form = "#oauth-form "
+    ui.find(form + "input[name='client_id']").send_keys("palyra-test-client")
+    ui.find(form + "input[name='client_secret']").send_keys("not-checked-by-this-fake")
+    ui.find(form + "input[name='profile_id']").send_keys("openai-oauth")
+    ui.find("#oauth-submit").click()
+    assert ui.find(form + "input[name='client_secret']").get_attribute("value") == ""
+    # The popup goes to the fake authorization server, which sends it back to the daemon's callback;
+    # the callback page tells the console (postMessage), and the console polls the attempt as well.
+    status = ui.wait(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#oauth-status .flash.ok"), "the connected message", 15
+    )
+    assert "openai connected as profile openai-oauth" in status.text
+    for handle in ui.d.window_handles:
+        if handle != main_window:
+            ui.d.switch_to.window(handle)
+            ui.d.close()
+    ui.d.switch_to.window(main_window)
+    ui.wait(lambda d: "openai-oauth" in d.find_element(By.ID, "profiles-table").text, "the OAuth profile")
+    row = next(
+        r for r in ui.d.find_elements(By.CSS_SELECTOR, "#profiles-table tr") if "openai-oauth" in r.text
+    )
+    assert "OAuth" in row.text and "ok" in row.text and "(in " in row.text  # health and expiry
+
+
+def test_memory_search_finds_an_item(ui: Console, gw: Daemon) -> None:
+    ensure_profile(gw)
+    with gw.admin() as c:
+        r = c.post("/memory/items", json={"agent_id": "agent-7", "text": "the deploy window is Tuesday"})
+        assert r.status_code == 201, r.text
+    ui.open("memory")
+    ui.find("#memory-form input[name='agent_id']").send_keys("agent-7")
+    ui.find("#memory-form input[name='query']").send_keys("when do we deploy?")
+    ui.find("#memory-form button[type='submit']").click()
+    results = ui.wait(lambda d: d.find_element(By.ID, "memory-results"), "the search results")
+    ui.wait(lambda d: "the deploy window is Tuesday" in results.text, "the item in the results")
+    assert "Search results for agent agent-7" in results.text
 
 
 def test_logout_ends_the_session(ui: Console, gw: Daemon) -> None:

@@ -349,7 +349,8 @@ def _callback_page(ok: bool, message: str, state: str, profile_id: str | None, s
     ):
         payload = payload.replace(ch, esc)
     body = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+        f"<title>{html.escape(title)}</title></head>"
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
         f"<script>if (window.opener) window.opener.postMessage({payload}, window.location.origin);</script>"
         "</body></html>"
