@@ -1,24 +1,28 @@
 """Run records on local disk until the database has them, so a crash loses none.
 
-The request path appends each finished run to the active segment with one ``write(2)``: once it
-returns, the record is in the kernel's page cache and survives the process being killed (SIGKILL,
-OOM, a crash); only a machine crash before the kernel writes it back can lose it. The journal writer
+The request path copies each finished run into the active segment, a file mapped into memory
+(``MAP_SHARED``): once copied, the record is in the kernel's page cache and survives the process being
+killed (SIGKILL, OOM, a crash); only a machine crash before the kernel writes it back can lose it.
+A memory copy, not a ``write(2)``: no system call on the request path, so the event loop never gives
+up the GIL to the database thread there (~1 µs). Segments are allocated on disk up front
+(``posix_fallocate``), so a full disk is an error at allocation, never a SIGBUS mid-copy. The journal writer
 *seals* the active segment when it takes a batch (a fresh one takes new records), and deletes sealed
 segments once their records are committed. At start, segments left by a dead process are read back
 and inserted, skipping records the database already has, so a record is never lost and never counted
 twice.
 
-A segment is ``run-<pid>-<n>.jsonl`` in ``<state_dir>/journal``, one JSON object per line. Each open
-segment holds an exclusive ``flock`` for as long as its process may still write or delete it, so a
-second process started on the same state directory never replays a live process's records.
+A segment is ``run-<pid>-<n>.jsonl`` in ``<state_dir>/journal``, one JSON object per line, followed
+by zero bytes up to its allocated size. Each open segment holds an exclusive ``flock`` for as long
+as its process may still write or delete it, so a second process started on the same state
+directory never replays a live process's records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +35,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("palyra.journal")
 
+SEGMENT_BYTES = 4 * 1024 * 1024
+
 
 @dataclass
 class _Segment:
     path: Path
     fd: int
+    map: mmap.mmap | None = None
+    size: int = 0
+    used: int = 0
     records: int = 0
 
 
@@ -48,10 +57,15 @@ class Spool:
         self._sealed: list[_Segment] = []
 
     def append(self, run: RunRecord) -> None:
-        """Write one record durably against a process crash. Raises ``OSError`` (disk full…)."""
-        segment = self._active or self._open()
-        line = orjson.dumps(dataclasses.asdict(run)) + b"\n"
-        os.write(segment.fd, line)
+        """Keep one record durably against a process crash. Raises ``OSError`` (disk full…)."""
+        line = orjson.dumps(run, option=orjson.OPT_APPEND_NEWLINE)  # dataclasses natively: ~3 µs
+        segment = self._active
+        if segment is None or segment.used + len(line) > segment.size:
+            self.seal()
+            segment = self._open(len(line))
+        assert segment.map is not None
+        segment.map[segment.used : segment.used + len(line)] = line
+        segment.used += len(line)
         segment.records += 1
 
     def seal(self) -> None:
@@ -96,25 +110,38 @@ class Spool:
                 continue
             records: list[RunRecord] = []
             with open(fd, "rb", closefd=False) as handle:
-                for number, line in enumerate(handle, 1):
-                    try:
-                        records.append(RunRecord(**orjson.loads(line)))
-                    except (orjson.JSONDecodeError, TypeError):
-                        log.warning("journal spool %s line %d is unreadable; skipped", path.name, number)
-            self._sealed.append(_Segment(path, fd, len(records)))
+                content = handle.read()
+            end = content.find(b"\0")
+            for number, line in enumerate(content[: None if end < 0 else end].splitlines(), 1):
+                try:
+                    records.append(RunRecord(**orjson.loads(line)))
+                except (orjson.JSONDecodeError, TypeError):
+                    log.warning("journal spool %s line %d is unreadable; skipped", path.name, number)
+            self._sealed.append(_Segment(path, fd, records=len(records)))
             found.append((path, records))
         return found
 
-    def _open(self) -> _Segment:
+    def _open(self, at_least: int) -> _Segment:
         self._seq += 1
         path = self.directory / f"run-{os.getpid()}-{self._seq}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._active = _Segment(path, fd)
-        return self._active
+        size = max(SEGMENT_BYTES, at_least)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.posix_fallocate(fd, 0, size)
+            segment = _Segment(path, fd, mmap.mmap(fd, size), size)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        self._active = segment
+        return segment
 
 
 def _remove(segment: _Segment) -> None:
     with contextlib.suppress(FileNotFoundError):
         segment.path.unlink()
+    if segment.map is not None:
+        segment.map.close()
     os.close(segment.fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from test_storage import db  # noqa: F401  (the SQLite + PostgreSQL fixture)
 
 from palyra.journal import JournalWriter, RunRecord
@@ -22,6 +24,11 @@ def run(i: int, **extra: object) -> RunRecord:
     return RunRecord(
         request_id=f"req_{i}", created_at=1000.0 + i, finished_at=1000.5 + i, endpoint="x", **extra
     )  # type: ignore[arg-type]
+
+
+def lines(segment: Path) -> list[bytes]:
+    """A segment's records: JSON lines, then zero bytes up to its allocated size."""
+    return segment.read_bytes().rstrip(b"\0").splitlines()
 
 
 def write_then_die(spool_dir: Path, count: int) -> None:
@@ -78,7 +85,7 @@ async def test_flushed_segments_are_deleted_and_a_clean_close_leaves_nothing(
     for i in range(5):
         writer.record(run(i))
     segments = list(spool_dir.glob("run-*.jsonl"))
-    assert len(segments) == 1 and len(segments[0].read_bytes().splitlines()) == 5
+    assert len(segments) == 1 and len(lines(segments[0])) == 5
     assert oct(segments[0].stat().st_mode & 0o777) == "0o600"
     await writer.flush()
     assert list(spool_dir.glob("run-*.jsonl")) == []
@@ -108,17 +115,38 @@ async def test_a_failed_flush_keeps_the_segment_until_a_later_one_commits(
     with contextlib.suppress(OSError):
         await writer.flush()
     writer.record(run(1))
-    assert sum(len(p.read_bytes().splitlines()) for p in spool_dir.glob("run-*.jsonl")) == 2
+    assert sum(len(lines(p)) for p in spool_dir.glob("run-*.jsonl")) == 2
     failing = False
     await writer.flush()
     assert list(spool_dir.glob("run-*.jsonl")) == []
     assert {r["request_id"] for r in await repo.recent(limit=10)} == {"req_0", "req_1"}
 
 
-def test_an_unwritable_spool_does_not_fail_requests(tmp_path: Path) -> None:
+def test_a_full_disk_does_not_fail_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
     spool = Spool(tmp_path / "journal")
-    spool.append(run(0))
-    os.close(spool._active.fd)  # type: ignore[union-attr]  # the disk "fails" under the writer
     writer = JournalWriter(RunRepository.__new__(RunRepository), spool=spool)
-    writer.record(run(1))  # logged, kept in memory
-    assert writer.pending == 1
+    writer.record(run(0))  # logged once, kept in memory
+    writer.record(run(1))
+    assert writer.pending == 2
+    assert list((tmp_path / "journal").iterdir()) == []  # no half-made segment left behind
+
+
+def test_segments_roll_over_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("palyra.journal_spool.SEGMENT_BYTES", 4096)
+    spool = Spool(tmp_path / "journal")
+    for i in range(40):
+        spool.append(run(i, error_message="x" * 200))
+    assert len(list((tmp_path / "journal").glob("run-*.jsonl"))) > 2
+    for segment in [*spool._sealed, spool._active]:  # what a crash would leave
+        assert segment is not None
+        if segment.map is not None:
+            segment.map.close()  # the mapping holds its own descriptor, and with it the lock
+        os.close(segment.fd)
+    spool._sealed.clear()
+    spool._active = None
+    recovered = [r for _, records in Spool(tmp_path / "journal").leftovers() for r in records]
+    assert sorted(r.request_id for r in recovered) == sorted(f"req_{i}" for i in range(40))

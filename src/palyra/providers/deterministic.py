@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -216,9 +217,9 @@ def word_budget(request: ChatRequest, target: ModelTarget) -> int | None:
 
 def truncate_words(text: str, limit: int | None) -> tuple[str, bool]:
     """Cut after ``limit`` words, keeping the original whitespace; report whether anything was cut."""
-    if limit is None:
+    if limit is None or len(text) <= limit:  # fewer characters than the limit: fewer words too
         return text, False
-    words = list(_WORD.finditer(text))
+    words = list(itertools.islice(_WORD.finditer(text), limit + 1))
     if len(words) <= limit:
         return text, False
     return text[: words[limit - 1].end()], True
