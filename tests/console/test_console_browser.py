@@ -24,12 +24,16 @@ from fakes.oauth_server import FakeAuthServer
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])"
 )
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 GOOD_KEY = "sk-proj-CONSOLEKEY-canary-5e6f7a8b9c"
 CHROMIUM = os.environ.get("PALYRA_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -116,7 +120,13 @@ class Console:
 
     def wait(self, until: Callable[[WebDriver], Any], what: str, timeout: float = 10) -> Any:
         try:
-            return WebDriverWait(self.d, timeout, poll_frequency=0.05).until(until)
+            # A page re-renders a section by replacing it: an element may vanish between two polls.
+            return WebDriverWait(
+                self.d,
+                timeout,
+                poll_frequency=0.05,
+                ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+            ).until(until)
         except TimeoutException:
             raise AssertionError(f"timed out waiting for {what}; page: {self.d.current_url}") from None
 
@@ -246,6 +256,10 @@ def test_a_v1_request_shows_in_usage_and_the_chart(ui: Console, gw: Daemon) -> N
     assert int(chart.get_attribute("data-tokens")) >= tokens
     assert ui.d.find_elements(By.CSS_SELECTOR, "#usage-chart canvas")
     assert "gpt-4o-mini" in ui.text("#usage-breakdown")
+    Select(ui.find("#usage-by")).select_by_value("session")
+    ui.wait(
+        lambda d: "console-session-1" in d.find_element(By.ID, "usage-breakdown").text, "totals by session"
+    )
     export = ui.find("#usage-export").get_attribute("href")
     assert export.endswith("/api/v1/usage/export?format=csv&since=24h")
 
@@ -311,11 +325,13 @@ def test_oauth_connect_in_a_popup_lists_the_profile(ui: Console) -> None:
             ui.d.switch_to.window(handle)
             ui.d.close()
     ui.d.switch_to.window(main_window)
-    ui.wait(lambda d: "openai-oauth" in d.find_element(By.ID, "profiles-table").text, "the OAuth profile")
-    row = next(
-        r for r in ui.d.find_elements(By.CSS_SELECTOR, "#profiles-table tr") if "openai-oauth" in r.text
-    )
-    assert "OAuth" in row.text and "ok" in row.text and "(in " in row.text  # health and expiry
+
+    def oauth_row(d: WebDriver) -> str | None:
+        rows = d.find_elements(By.CSS_SELECTOR, "#profiles-table tr")
+        return next((r.text for r in rows if "openai-oauth" in r.text), None)
+
+    row = ui.wait(oauth_row, "the OAuth profile")
+    assert "OAuth" in row and "ok" in row and "(in " in row  # health and expiry
 
 
 def test_memory_search_finds_an_item(ui: Console, gw: Daemon) -> None:

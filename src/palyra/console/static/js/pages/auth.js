@@ -153,6 +153,7 @@ export function render(view) {
     if (attempt !== id) return;
     try {
       const s = await get(`/auth/providers/${provider}/oauth/attempts/${encodeURIComponent(id)}`);
+      if (attempt !== id) return; // the callback's message got there first
       if (s.state !== "pending") return finishOAuth(s.message || s.state, s.state === "succeeded");
     } catch (err) {
       if (err.status === 404) return finishOAuth(err.message, false);
