@@ -234,7 +234,9 @@ def build_admin_api(c: Components) -> FastAPI:
 
     api.include_router(build_cron_router(c.scheduler, admin))
     api.include_router(build_skills_router(service=c.skills, admin=admin))
-    api.include_router(build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens, sessions)))
+    api.include_router(
+        build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens, sessions))
+    )
     api.include_router(
         build_governance_router(
             db=c.db,
