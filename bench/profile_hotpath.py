@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--model", default="deterministic")
+    parser.add_argument("--no-profile", action="store_true", help="only measure CPU per request")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "palyra-profile")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -131,6 +132,8 @@ def main() -> None:
         done = asyncio.run(load(base + "/v1/chat/completions", token, body, 5.0, args.concurrency))
         used = cpu_seconds(daemon.pid) - cpu_before
         print(f"daemon CPU per request: {1e6 * used / done:.0f} µs ({done} requests, {used:.2f} s CPU)")
+        if args.no_profile:
+            return
         collapsed = args.out / "profile.txt"
         spy = subprocess.Popen(
             [

@@ -88,6 +88,53 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Label children looked up once per label set: ``labels()`` takes a lock and builds a key on
+        # every call, a few microseconds each, five times per request otherwise.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
+        self._token_children: dict[str, tuple[Any, ...]] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def request_finished(
+        self,
+        endpoint: str,
+        model: str,
+        provider: str,
+        status: str,
+        elapsed_s: float,
+        overhead_s: float,
+        usage: tuple[int, int, int] | None,
+    ) -> None:
+        """Every per-request metric at once; ``usage`` is (prompt, completion, cached) tokens."""
+        key = (endpoint, model, provider, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(*key),
+                self.latency.labels(endpoint),
+                self.overhead.labels(endpoint),
+            )
+            self._request_children[key] = children
+        count, latency, overhead = children
+        count.inc()
+        latency.observe(elapsed_s)
+        overhead.observe(overhead_s)
+        if usage is not None and model:
+            tokens = self._token_children.get(model)
+            if tokens is None:
+                tokens = tuple(self.tokens.labels(model, kind) for kind in ("prompt", "completion", "cached"))
+                self._token_children[model] = tokens
+            for child, amount in zip(tokens, usage, strict=True):
+                if amount:
+                    child.inc(amount)
+
+    def attempt(self, provider: str, outcome: str) -> None:
+        child = self._attempt_children.get((provider, outcome))
+        if child is None:
+            child = self._attempt_children[(provider, outcome)] = self.upstream_attempts.labels(
+                provider, outcome
+            )
+        child.inc()
+
     def observe_provider(self, status: dict[str, Any]) -> None:
         pid = status["provider_id"]
         for state in ("healthy", "degraded", "cooling_down", "unavailable"):

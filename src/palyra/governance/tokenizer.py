@@ -50,6 +50,8 @@ TOOLS_BLOCK_TOKENS = 12
 IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS_HIGH = 765
 IMAGE_TOKENS_CLAUDE = 1_600
+CACHE_ENTRIES = 2048
+CACHE_MAX_CHARS = 16_384  # the cache holds at most 2,048 x 16 K characters
 
 
 class _Encoding(Protocol):
@@ -74,6 +76,7 @@ class Tokenizer:
         self._encoding: _Encoding | None = None
         self._failed = False
         self._lock = threading.Lock()
+        self._cached_count = functools.lru_cache(maxsize=CACHE_ENTRIES)(self._count)
 
     def load(self) -> bool:
         """Load the encoding now (at startup, so the first request does not pay ~0.2 s for it).
@@ -102,9 +105,19 @@ class Tokenizer:
         return self.load()
 
     def count(self, text: str, model: str | None = None) -> int:
-        """Tokens in ``text``. ``model`` is accepted for when per-model encodings can load offline."""
+        """Tokens in ``text``. ``model`` is accepted for when per-model encodings can load offline.
+
+        Agents resend the same system prompt and history on every turn, so counts of texts up to
+        ``CACHE_MAX_CHARS`` are kept (LRU, ``CACHE_ENTRIES``): a hit costs a hash of the text (~1 µs
+        for 4 KB) instead of a BPE pass (~30 µs).
+        """
         if not text:
             return 0
+        if len(text) <= CACHE_MAX_CHARS and self._encoding is not None:
+            return self._cached_count(text)
+        return self._count(text)
+
+    def _count(self, text: str) -> int:
         encoding = self._encoding
         if encoding is None:
             if not self.load():

@@ -20,6 +20,8 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
+
 from palyra.errors import InvalidRequest
 from palyra.providers.base import ModelTarget
 from palyra.providers.types import (
@@ -252,7 +254,7 @@ def conversation_digest(messages: list[Message]) -> str:
         }
         for m in messages
     ]
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def short_hash(text: str) -> str:

@@ -109,7 +109,7 @@ class Dispatcher:
             await runtime.breaker.record_success()
             runtime.health.record_success(elapsed_s)
             runtime.credential.feedback(None)
-            self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
+            self._metrics.attempt(runtime.config.provider_id, "ok")
         else:
             await self._record_failure(runtime, error, elapsed_s)
 
@@ -133,7 +133,7 @@ class Dispatcher:
                 await runtime.breaker.acquire()
             except CircuitOpen as exc:
                 open_circuits.append(exc)
-                self._metrics.upstream_attempts.labels(runtime.config.provider_id, "circuit_open").inc()
+                self._metrics.attempt(runtime.config.provider_id, "circuit_open")
                 continue
             try:
                 await runtime.limit.acquire()
@@ -162,7 +162,7 @@ class Dispatcher:
                             await self._record_failure(runtime, err, elapsed)
                             break
                         runtime.health.retries += 1
-                        self._metrics.upstream_attempts.labels(runtime.config.provider_id, "retry").inc()
+                        self._metrics.attempt(runtime.config.provider_id, "retry")
                         await self._sleep(
                             backoff_s(retry, runtime.config.retry_backoff_ms, err.retry_after_s, self._rng)
                         )
@@ -179,7 +179,7 @@ class Dispatcher:
                         await runtime.breaker.record_success()
                         runtime.health.record_success(elapsed)
                         runtime.credential.feedback(None)
-                        self._metrics.upstream_attempts.labels(runtime.config.provider_id, "ok").inc()
+                        self._metrics.attempt(runtime.config.provider_id, "ok")
                     return value, model, runtime
             finally:
                 if not released:
@@ -202,7 +202,7 @@ class Dispatcher:
     ) -> None:
         runtime.health.record_failure(err.failure_class.value, err.message, err.status, elapsed_s)
         runtime.credential.feedback(err.failure_class.value)
-        self._metrics.upstream_attempts.labels(runtime.config.provider_id, "error").inc()
+        self._metrics.attempt(runtime.config.provider_id, "error")
         if err.failure_class in _BREAKER_CLASSES:
             await runtime.breaker.record_failure()
         else:

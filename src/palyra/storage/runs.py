@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Integer, Select, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from palyra.storage.db import Database
 from palyra.storage.schema import routing_decisions, runs
@@ -27,9 +26,22 @@ def _plain(row: Any) -> dict[str, Any]:
     return {str(k): v for k, v in row._mapping.items()}
 
 
+def _insert_ignoring_duplicates(table: Table, *, sqlite: bool) -> str:
+    """INSERT of every column that skips rows whose primary key (request_id) is already stored."""
+    columns = [c.name for c in table.columns]
+    names = ", ".join(f'"{c}"' for c in columns)
+    if sqlite:
+        marks = ", ".join("?" for _ in columns)
+        return f'INSERT OR IGNORE INTO "{table.name}" ({names}) VALUES ({marks})'  # noqa: S608 (our schema)
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    conflict = "ON CONFLICT (request_id) DO NOTHING"
+    return f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) {conflict}'  # noqa: S608 (our schema)
+
+
 class RunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._insert_sql: dict[str, str] = {}
 
     async def insert_many(
         self, rows: Sequence[dict[str, Any]], *, decisions: Sequence[dict[str, Any]] = ()
@@ -40,14 +52,18 @@ class RunRepository:
         if not rows:
             return
         async with self._db.engine.begin() as conn:
-            await conn.execute(self._insert_new(runs), list(rows))
+            await self._insert_new(conn, runs, rows)
             if decisions:
-                await conn.execute(self._insert_new(routing_decisions), list(decisions))
+                await self._insert_new(conn, routing_decisions, decisions)
 
-    def _insert_new(self, table: Table) -> Insert:
-        if self._db.is_sqlite:
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+    async def _insert_new(self, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        # Plain driver SQL: the journal's hot loop. SQLAlchemy's per-row parameter processing costs
+        # about as much as the insert itself (~7 µs of ~20 µs per row on SQLite).
+        sql = self._insert_sql.get(table.name)
+        if sql is None:
+            sql = self._insert_sql[table.name] = _insert_ignoring_duplicates(table, sqlite=self._db.is_sqlite)
+        columns = [c.name for c in table.columns]
+        await conn.exec_driver_sql(sql, [tuple(row.get(c) for c in columns) for row in rows])
 
     async def spend_by_minute(self, *, metric: str, scope: str, since: float) -> list[tuple[int, float]]:
         """Spend (USD or tokens) per minute since ``since`` for a budget scope (global, agent:…, …)."""
