@@ -61,7 +61,11 @@ class Spool:
         line = orjson.dumps(run, option=orjson.OPT_APPEND_NEWLINE)  # dataclasses natively: ~3 µs
         segment = self._active
         if segment is None or segment.used + len(line) > segment.size:
-            self.seal()
+            if segment is not None:
+                if segment.records:
+                    self._sealed.append(segment)  # full: deleted with the next commit
+                else:
+                    _remove(segment)  # too small for this one record
             segment = self._open(len(line))
         assert segment.map is not None
         segment.map[segment.used : segment.used + len(line)] = line
@@ -73,6 +77,10 @@ class Spool:
         if self._active is not None and self._active.records:
             self._sealed.append(self._active)
             self._active = None
+            # Traffic is flowing: open the next segment here (the journal writer's flush), not in the
+            # request that would otherwise pay for its file creation and allocation.
+            with contextlib.suppress(OSError):
+                self._open(0)
 
     def committed(self) -> None:
         """Every record of the sealed segments is in the database: delete them."""
@@ -91,7 +99,7 @@ class Spool:
     def leftovers(self) -> list[tuple[Path, list[RunRecord]]]:
         """Segments a dead process left behind, with their records (unreadable lines skipped).
 
-        Each returned segment stays locked by this process until ``forget`` removes it.
+        Each returned segment stays locked by this process until ``committed`` removes it.
         """
         from palyra.journal import RunRecord
 
