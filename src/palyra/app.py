@@ -57,7 +57,9 @@ from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
 from palyra.surface.admin_api import build_admin_api
 from palyra.surface.admin_governance import sync_admin_governance
+from palyra.surface.auth_guard import FailedAuthLimiter
 from palyra.surface.openai_http import OpenAISurface, new_request_id
+from palyra.surface.openai_requests import RequestLimits
 from palyra.vault.keys import load_master_key
 from palyra.vault.store import Vault
 
@@ -88,6 +90,7 @@ class Components:
     oauth: OAuthClient
     attempts: PendingAttempts
     shared: SharedState
+    auth_failures: FailedAuthLimiter
 
 
 def state_dir_of(config: PalyraConfig) -> Path:
@@ -191,6 +194,9 @@ def build_components(config: PalyraConfig) -> Components:
         oauth=oauth,
         attempts=PendingAttempts(),
         shared=shared,
+        auth_failures=FailedAuthLimiter(
+            shared.counters, limit_per_minute=config.server.auth_failure_limit_per_minute
+        ),
     )
 
 
@@ -205,6 +211,12 @@ def build_app(config: PalyraConfig) -> Starlette:
         max_audio_bytes=config.server.max_audio_body_bytes,
         started_at=int(time.time()),
         access_log_enabled=config.server.access_log,
+        limits=RequestLimits(
+            max_json_depth=config.server.max_json_depth,
+            max_messages=config.server.max_messages,
+            max_tools=config.server.max_tools,
+        ),
+        auth_failures=c.auth_failures,
     )
     c.scheduler = build_jobs(c, surface)
     admin = build_admin_api(c)

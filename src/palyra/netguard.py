@@ -29,6 +29,7 @@ OPT_IN = "allow_private_base_url = true"
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$", re.IGNORECASE)
 
 _PRIVATE_V4 = tuple(
     ipaddress.IPv4Network(n)
@@ -182,7 +183,15 @@ def _parse_ip(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        return None
+        pass
+    # Shorthand IPv4 that C resolvers still accept (127.1, 2130706433, 0177.0.0.1, 0x7f.0.0.1) names an
+    # address too; read it the way they do, so it cannot slip past the literal check as a "host name".
+    if _LEGACY_IPV4.match(text):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
 
 
 def _is_loopback_host(host: str) -> bool:

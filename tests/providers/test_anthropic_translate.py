@@ -24,6 +24,7 @@ from palyra.providers.anthropic_translate import (
     PLACEHOLDER_USER_TEXT,
     StreamTranslator,
     map_stop_reason,
+    tool_use_id,
     translate_request,
     translate_response,
 )
@@ -445,10 +446,8 @@ def test_translated_turns_are_always_valid(messages: list[Message]) -> None:
         if k + 1 < len(turns):
             results_next = {b["tool_use_id"] for b in turns[k + 1]["content"] if b["type"] == "tool_result"}
         for block in turn["content"]:
-            if block["type"] == "tool_use":
-                original = block["id"].replace("_", ".")
-                if original in answered:
-                    assert block["id"] in results_next, f"{block['id']} unanswered in the next user turn"
+            if block["type"] == "tool_use" and any(tool_use_id(a) == block["id"] for a in answered if a):
+                assert block["id"] in results_next, f"{block['id']} unanswered in the next user turn"
 
 
 @settings(max_examples=100, deadline=None)

@@ -41,6 +41,13 @@ class ServerConfig(Frozen):
     journal_batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     token_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     default_token_rate_limit_per_minute: Annotated[int, Field(ge=0)] = 0
+    # Refused credentials per client address and minute before every authentication from it gets 429.
+    auth_failure_limit_per_minute: Annotated[int, Field(ge=0)] = 60
+    # Shape limits on /v1 JSON bodies (surface/openai_requests.py RequestLimits); the parser itself
+    # stops near 200 levels, so max_json_depth cannot go past 128.
+    max_json_depth: Annotated[int, Field(ge=8, le=128)] = 64
+    max_messages: Annotated[int, Field(ge=1, le=100_000)] = 2048
+    max_tools: Annotated[int, Field(ge=1, le=10_000)] = 256
     graceful_shutdown_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     # The address users reach Palyra at (behind a proxy); OAuth callbacks are built from it.
     public_base_url: str = ""
@@ -209,7 +216,7 @@ class BudgetConfig(Frozen):
 
 
 class PricingConfig(Frozen):
-    model_id: str
+    model_id: Annotated[str, Field(min_length=1, max_length=256)]
     input_per_million_usd: Annotated[float, Field(ge=0)]
     output_per_million_usd: Annotated[float, Field(ge=0)]
     cached_input_per_million_usd: Annotated[float, Field(ge=0)] | None = None

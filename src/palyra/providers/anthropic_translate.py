@@ -22,7 +22,8 @@ Decisions this module makes on the client's behalf:
 - Whitespace-only stop sequences are rejected by Anthropic; they are dropped rather than failing a
   request that OpenAI would have served (``["\\n"]`` is common).
 - Tool-call ids are sanitised to Anthropic's ``[A-Za-z0-9_-]`` alphabet, the same way on ``tool_use``
-  and ``tool_result``, so ids minted by other providers still pair up.
+  and ``tool_result``, so ids minted by other providers still pair up; a sanitised id carries a short
+  digest of the original so two ids that differ only in such characters stay distinct.
 - ``pause_turn`` only happens with server tools, which this gateway never sends; it is passed through
   like any other unmapped stop reason.
 """
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from palyra.errors import InvalidRequest, UpstreamFailed
+from palyra.json_limits import json_problem
 from palyra.providers.base import ModelTarget
 from palyra.providers.types import (
     ChatRequest,
@@ -77,6 +80,8 @@ _ERROR_CODES = {
     "permission_error": "permission_denied",
     "invalid_request_error": "invalid_request",
 }
+# Same as the default server.max_json_depth: arguments sit a few levels into the body we send.
+MAX_ARGUMENTS_DEPTH = 64
 _TOOL_ID_FORBIDDEN = re.compile(r"[^A-Za-z0-9_-]")
 # Enough base64 to decode the 12 bytes the magic numbers below need.
 _SNIFF_B64_CHARS = 16
@@ -225,8 +230,14 @@ def _merge(into: _Turn, turn: _Turn) -> None:
     into.then.extend(turn.then)
 
 
-def _tool_id(raw: str) -> str:
-    return _TOOL_ID_FORBIDDEN.sub("_", raw)
+def tool_use_id(raw: str) -> str:
+    """The Anthropic id for an OpenAI tool-call id. Ids outside ``[A-Za-z0-9_-]`` are sanitised and
+    tagged with a digest of the original, so ``call.1`` and ``call:1`` stay two ids (Anthropic refuses
+    a request whose tool_use ids repeat) and tool_use and tool_result still pair up."""
+    safe = _TOOL_ID_FORBIDDEN.sub("_", raw)
+    if safe == raw:
+        return raw
+    return f"{safe}_{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
 def _tool_result(m: Message, i: int) -> dict[str, Any]:
@@ -236,7 +247,7 @@ def _tool_result(m: Message, i: int) -> dict[str, Any]:
             code="missing_required_parameter",
             param=f"messages[{i}].tool_call_id",
         )
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _tool_id(m.tool_call_id)}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id(m.tool_call_id)}
     text = "\n".join(_texts(m, i))
     if text.strip():
         block["content"] = text  # a blank result is sent without content: empty text is rejected
@@ -245,23 +256,37 @@ def _tool_result(m: Message, i: int) -> dict[str, Any]:
 
 def _tool_use(m: Message, i: int, j: int) -> dict[str, Any]:
     call = m.tool_calls[j]
+    param = f"messages[{i}].tool_calls[{j}].function.arguments"
     try:
         args = json.loads(call.arguments) if call.arguments.strip() else {}
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"tool call arguments are not valid JSON: {exc.msg}",
-            code="invalid_tool_arguments",
-            param=f"messages[{i}].tool_calls[{j}].function.arguments",
+            f"tool call arguments are not valid JSON: {exc.msg}", code="invalid_tool_arguments", param=param
         ) from None
+    except RecursionError:
+        args = None
+        problem: str | None = "too_deep"
+    else:
+        problem = json_problem(args, base_depth=0, max_depth=MAX_ARGUMENTS_DEPTH)
+    if problem is not None:
+        # The body is encoded with orjson, which refuses deeper nesting and wider integers: say so here.
+        detail = (
+            f"nested deeper than {MAX_ARGUMENTS_DEPTH} levels"
+            if problem == "too_deep"
+            else "holding an integer outside the 64-bit range"
+        )
+        raise InvalidRequest(
+            f"tool call arguments cannot be sent to Anthropic: {detail}",
+            code="invalid_tool_arguments",
+            param=param,
+        )
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise InvalidRequest(
-            "tool call arguments must be a JSON object",
-            code="invalid_tool_arguments",
-            param=f"messages[{i}].tool_calls[{j}].function.arguments",
+            "tool call arguments must be a JSON object", code="invalid_tool_arguments", param=param
         )
-    return {"type": "tool_use", "id": _tool_id(call.id), "name": call.name, "input": args}
+    return {"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": args}
 
 
 def _user_blocks(m: Message, i: int) -> list[dict[str, Any]]:

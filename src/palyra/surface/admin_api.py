@@ -23,6 +23,7 @@ from palyra.surface.admin_cron import build_cron_router
 from palyra.surface.admin_governance import build_governance_router
 from palyra.surface.admin_memory import build_memory_router, memory_caller
 from palyra.surface.admin_skills import build_skills_router
+from palyra.surface.auth_guard import client_address
 from palyra.vault.errors import InvalidRef
 
 if TYPE_CHECKING:
@@ -72,7 +73,12 @@ def build_admin_api(c: Components) -> FastAPI:
     )
     api.state.console_sessions = sessions
 
+    guard = c.auth_failures
+
     async def require_admin(request: Request) -> None:
+        # Admin-token guessing is limited like API-token guessing (surface/auth_guard.py).
+        address, now = client_address(request), time.time()
+        guard.check(address, now)
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
@@ -80,10 +86,13 @@ def build_admin_api(c: Components) -> FastAPI:
         # A bearer header, right or wrong, is never overridden by a cookie.
         if not header and sessions.admit(request, request.method):
             return
-        raise AuthenticationFailed(
+        refused = AuthenticationFailed(
             "admin token required: send 'Authorization: Bearer <admin token>' "
             "(PALYRA_ADMIN_TOKEN or <state_dir>/admin_token), or log in to the console"
         )
+        if header:
+            raise await guard.failed(address, now, refused)
+        raise refused
 
     @api.exception_handler(PalyraError)
     async def _palyra_error(_request: Request, exc: PalyraError) -> JSONResponse:
@@ -235,7 +244,7 @@ def build_admin_api(c: Components) -> FastAPI:
     api.include_router(build_cron_router(c.scheduler, admin))
     api.include_router(build_skills_router(service=c.skills, admin=admin))
     api.include_router(
-        build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens, sessions))
+        build_memory_router(store=c.memory, caller=memory_caller(admin_token, tokens, sessions, guard))
     )
     api.include_router(
         build_governance_router(

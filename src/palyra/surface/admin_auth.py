@@ -298,7 +298,7 @@ def build_auth_router(
     @guarded.get("/audit")
     async def audit_list(
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
-        before_id: int | None = None,
+        before_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
         action: str | None = None,
     ) -> dict[str, Any]:
         rows = await audit.list(limit=limit, before_id=before_id, action_prefix=action)

@@ -165,7 +165,10 @@ def build_governance_router(
 
     @router.post("/pricing", status_code=201)
     async def put_price(body: PricingConfig) -> dict[str, Any]:
-        price = price_from_config(body, source="admin")
+        try:
+            price = price_from_config(body, source="admin")
+        except ValueError as exc:  # what the model cannot say: finite amounts, a readable date
+            raise InvalidRequest(str(exc), code="invalid_value") from None
         async with db.engine.begin() as conn:
             await conn.execute(
                 delete(price_overrides).where(
@@ -207,7 +210,19 @@ def build_governance_router(
         rows = await runs.timeline(since=start, bucket_s=3600 if bucket == "hour" else 86400, by=by)
         return {"object": "list", "bucket": bucket, "since": start, "data": rows}
 
-    @router.get("/usage/export", response_model=None)
+    @router.get(
+        "/usage/export",
+        response_model=None,
+        responses={
+            200: {
+                "description": "The runs, as CSV (the default) or as a JSON array",
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                },
+            }
+        },
+    )
     async def export(
         format: Literal["csv", "json"] = "csv",
         since: str = "30d",

@@ -25,8 +25,9 @@ from pydantic import BaseModel, Field
 
 from palyra.callers.tokens import Caller, TokenService, validate_agent_id
 from palyra.console.session import ConsoleSessions
-from palyra.errors import InvalidRequest, NotFound
+from palyra.errors import AuthenticationFailed, InvalidRequest, NotFound
 from palyra.memory.store import MAX_TTL_DAYS, MemoryStore
+from palyra.surface.auth_guard import FailedAuthLimiter, client_address
 
 MAX_LIST = 1000
 
@@ -64,21 +65,31 @@ MemoryAuth = Callable[[Request], Awaitable[MemoryCaller]]
 
 
 def memory_caller(
-    admin_token: str, tokens: TokenService, sessions: ConsoleSessions | None = None
+    admin_token: str,
+    tokens: TokenService,
+    sessions: ConsoleSessions | None = None,
+    guard: FailedAuthLimiter | None = None,
 ) -> MemoryAuth:
     """A FastAPI dependency: the admin bearer (compared in constant time), a console session (the
     admin, logged in), or a ``memory`` API token."""
     expected = admin_token.encode()
 
     async def dependency(request: Request) -> MemoryCaller:
+        now, address = time.time(), client_address(request)
+        if guard is not None:
+            guard.check(address, now)
         header = request.headers.get("authorization")
         scheme, _, value = (header or "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
             return MemoryCaller(None)
         if header is None and sessions is not None and sessions.admit(request, request.method):
             return MemoryCaller(None)
-        now = time.time()
-        caller = await tokens.authenticate(header, now)
+        try:
+            caller = await tokens.authenticate(header, now)
+        except AuthenticationFailed as exc:
+            if guard is None or not header:
+                raise
+            raise await guard.failed(address, now, exc) from None
         caller.require_scope("memory")
         await tokens.check_rate_limit(caller, now)
         return MemoryCaller(caller)

@@ -21,13 +21,19 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from palyra.callers.tokens import Caller, TokenService, validate_agent_id
-from palyra.errors import InvalidRequest, ModelNotFound, PalyraError, RequestTooLarge
+from palyra.errors import AuthenticationFailed, InvalidRequest, ModelNotFound, PalyraError, RequestTooLarge
 from palyra.gateway import Gateway, RunContext
 from palyra.journal import JournalWriter, RunRecord
 from palyra.metrics import Metrics
 from palyra.providers.types import ChatRequest, Finish, StreamEvent, TranscriptionRequest, UsageReport
 from palyra.surface import openai_responses as enc
-from palyra.surface.openai_requests import parse_chat_request, parse_embedding_request
+from palyra.surface.auth_guard import FailedAuthLimiter, client_address
+from palyra.surface.openai_requests import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    parse_chat_request,
+    parse_embedding_request,
+)
 
 log = logging.getLogger("palyra.surface")
 access_log = logging.getLogger("palyra.access")
@@ -52,6 +58,8 @@ class OpenAISurface:
         max_audio_bytes: int,
         started_at: int,
         access_log_enabled: bool = True,
+        limits: RequestLimits = DEFAULT_LIMITS,
+        auth_failures: FailedAuthLimiter | None = None,
     ) -> None:
         self.gateway = gateway
         self.tokens = tokens
@@ -61,6 +69,8 @@ class OpenAISurface:
         self.max_audio_bytes = max_audio_bytes
         self.started_at = started_at
         self.access_log_enabled = access_log_enabled
+        self.limits = limits
+        self.auth_failures = auth_failures
 
     def routes(self) -> list[Route]:
         return [
@@ -83,7 +93,7 @@ class OpenAISurface:
         now = time.time()
         ctx = RunContext(RunRecord(request_id=new_request_id(), created_at=now, endpoint=endpoint))
         try:
-            caller = await self.tokens.authenticate(request.headers.get("authorization"), now)
+            caller = await self._authenticate(request, now)
             ctx.record.token_id = caller.token.token_id
             ctx.routing_mode = caller.token.routing_mode
             caller.require_scope(scope_name)
@@ -103,6 +113,20 @@ class OpenAISurface:
         response.headers.update(self._headers(ctx))
         self.finish_run(ctx, response.status_code)
         return response
+
+    async def _authenticate(self, request: Request, now: float) -> Caller:
+        header = request.headers.get("authorization")
+        guard = self.auth_failures
+        if guard is None:
+            return await self.tokens.authenticate(header, now)
+        address = client_address(request)
+        guard.check(address, now)
+        try:
+            return await self.tokens.authenticate(header, now)
+        except AuthenticationFailed as exc:
+            if not header:
+                raise  # no credential, no guess: a client that forgot its token is not counted
+            raise await guard.failed(address, now, exc) from None
 
     def _headers(self, ctx: RunContext) -> dict[str, str]:
         r = ctx.record
@@ -245,7 +269,7 @@ class OpenAISurface:
         return await self._serve(request, "chat.completions", "chat", self._chat)
 
     async def _chat(self, request: Request, ctx: RunContext, caller: Caller) -> Response:
-        chat = parse_chat_request(await self._body(request, self.max_json_bytes))
+        chat = parse_chat_request(await self._body(request, self.max_json_bytes), self.limits)
         r = ctx.record
         r.requested_model = chat.model
         r.stream = chat.stream
@@ -340,7 +364,7 @@ class OpenAISurface:
         return await self._serve(request, "embeddings", "embeddings", self._embeddings)
 
     async def _embeddings(self, request: Request, ctx: RunContext, caller: Caller) -> Response:
-        emb = parse_embedding_request(await self._body(request, self.max_json_bytes))
+        emb = parse_embedding_request(await self._body(request, self.max_json_bytes), self.limits)
         ctx.record.requested_model = emb.model
         self._attribute(request, ctx, caller, None)
         result = await self.gateway.embed(ctx, emb)

@@ -7,12 +7,15 @@ Parameters this gateway does not model are kept and passed to OpenAI-compatible 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from palyra.errors import InvalidRequest
+from palyra.json_limits import INT64_MAX, INT64_MIN, json_problem
 from palyra.providers.types import (
     ChatRequest,
     ContentPart,
@@ -26,9 +29,26 @@ from palyra.providers.types import (
     ToolSpec,
 )
 
-MAX_MESSAGES = 4096
-MAX_TOOLS = 512
 MAX_EMBEDDING_INPUTS = 2048
+# Token counts and seeds must stay numbers every layer can store and send on (orjson, SQL, upstreams).
+MAX_TOKENS_VALUE = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Shape limits on a /v1 JSON body, on top of its size in bytes (``server.max_json_body_bytes``).
+
+    ``max_json_depth`` counts the body's own object as 1. The JSON parser refuses anything deeper than
+    about 200 levels on its own; the limit here keeps free-form values (tool parameters, JSON schemas,
+    pass-through fields) well below what upstream parsers and the recursive code after us accept.
+    """
+
+    max_json_depth: int = 64
+    max_messages: int = 2048
+    max_tools: int = 256
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 class _Loose(BaseModel):
@@ -165,19 +185,19 @@ class ChatCompletionIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    messages: Annotated[list[MessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
+    messages: Annotated[list[MessageIn], Field(min_length=1)]
     stream: StrictBool | None = None
     stream_options: StreamOptionsIn | None = None
-    tools: Annotated[list[ToolIn], Field(max_length=MAX_TOOLS)] | None = None
+    tools: list[ToolIn] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoiceIn | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormatIn | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_VALUE)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_VALUE)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -215,20 +235,21 @@ def _param(loc: tuple[int | str, ...], body: Any) -> str:
     return out
 
 
-def invalid_request_from(exc: ValidationError, raw: bytes) -> InvalidRequest:
+def invalid_request_from(
+    exc: ValidationError, raw: bytes, limits: RequestLimits = DEFAULT_LIMITS
+) -> InvalidRequest:
     errors = exc.errors()
     # A union reports one error per branch; the first names the field well enough.
     err = errors[0]
     kind = err["type"]
     if kind == "json_invalid":
+        if "recursion limit" in str(err.get("msg", "")):
+            return _too_deep(None, limits)
         return InvalidRequest(
             "the request body is not valid JSON; send a JSON object with Content-Type: application/json",
             code="invalid_json",
         )
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
+    body = _loads_leniently(raw)
     param = _param(tuple(err["loc"]), body)
     if kind == "missing":
         return InvalidRequest(
@@ -241,6 +262,62 @@ def invalid_request_from(exc: ValidationError, raw: bytes) -> InvalidRequest:
     if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
         return InvalidRequest(f"invalid type for '{param}': {err['msg']}", code="invalid_type", param=param)
     return InvalidRequest(f"invalid value for '{param}': {err['msg']}", code="invalid_value", param=param)
+
+
+def _loads_leniently(raw: bytes) -> Any:
+    """The body as the validator saw it. Its parser also takes NaN and Infinity, which orjson refuses;
+    the standard library takes them too, so the error can still name the field."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _too_deep(param: str | None, limits: RequestLimits) -> InvalidRequest:
+    where = f"'{param}'" if param else "the request body"
+    return InvalidRequest(
+        f"{where} is nested too deeply; JSON nesting is limited to {limits.max_json_depth} levels",
+        code="json_too_deep",
+        param=param,
+    )
+
+
+def _check_free_form(value: Any, base_depth: int, param: str, limits: RequestLimits) -> None:
+    problem = json_problem(value, base_depth=base_depth, max_depth=limits.max_json_depth)
+    if problem == "too_deep":
+        raise _too_deep(param, limits)
+    if problem == "integer_out_of_range":
+        raise InvalidRequest(
+            f"'{param}' holds an integer outside the 64-bit range", code="invalid_value", param=param
+        )
+
+
+def _check_count(items: list[Any] | None, limit: int, param: str) -> None:
+    if items is not None and len(items) > limit:
+        raise InvalidRequest(
+            f"invalid '{param}': array too long; expected at most {limit} items, got {len(items)}",
+            code="array_above_max_length",
+            param=param,
+        )
+
+
+def _check_chat_shape(parsed: ChatCompletionIn, limits: RequestLimits) -> None:
+    _check_count(parsed.messages, limits.max_messages, "messages")
+    _check_count(parsed.tools, limits.max_tools, "tools")
+    # Depth of the container each free-form value sits in: the body is 1, tools[i].function is 4.
+    for i, tool in enumerate(parsed.tools or ()):
+        if tool.function.parameters is not None:
+            _check_free_form(tool.function.parameters, 4, f"tools[{i}].function.parameters", limits)
+    if isinstance(parsed.response_format, ResponseFormatJsonSchemaIn):
+        schema = parsed.response_format.json_schema.schema_
+        if schema is not None:
+            _check_free_form(schema, 3, "response_format.json_schema.schema", limits)
+    for key, value in (parsed.model_extra or {}).items():
+        _check_free_form(value, 1, key, limits)
 
 
 def _text_parts(content: str | list[TextPartIn]) -> list[ContentPart]:
@@ -278,11 +355,12 @@ def _message(
     return Message(m.role, _text_parts(m.content), name=m.name)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def parse_chat_request(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatRequest:
     try:
         parsed = ChatCompletionIn.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc, body) from None
+        raise invalid_request_from(exc, body, limits) from None
+    _check_chat_shape(parsed, limits)
     if parsed.n is not None and parsed.n > 1:
         raise InvalidRequest(
             "n > 1 is not supported by this gateway; send n separate requests",
@@ -344,11 +422,13 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     )
 
 
-def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+def parse_embedding_request(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> EmbeddingRequest:
     try:
         parsed = EmbeddingIn.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc, body) from None
+        raise invalid_request_from(exc, body, limits) from None
+    for key, value in (parsed.model_extra or {}).items():
+        _check_free_form(value, 1, key, limits)
     raw = parsed.input
     inputs: list[str]
     if isinstance(raw, str):
