@@ -36,7 +36,6 @@ from palyra.governance.alerts import AlertLog
 from palyra.governance.budgets import Policy
 from palyra.governance.pricing import PriceTable
 from palyra.governance.service import Governance
-from palyra.governance.tokenizer import default_tokenizer
 from palyra.jobs import JobContext, JobSpec, Scheduler
 from palyra.journal import JournalWriter, RunRecord
 from palyra.journal_spool import Spool
@@ -261,8 +260,6 @@ def build_app(config: PalyraConfig) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await c.db.start()
         await c.vault.check_master_key()
-        # The tokenizer takes ~0.2 s to build; pay it at start, not on the first request.
-        await asyncio.get_running_loop().run_in_executor(None, default_tokenizer().load)
         await sync_admin_governance(c.db, c.governance.ledger, c.governance.prices)
         await c.journal.recover()
         c.journal.start()
@@ -274,6 +271,7 @@ def build_app(config: PalyraConfig) -> Starlette:
             syncing.cancel()
             await c.scheduler.stop()
             await c.journal.close()
+            surface.access_log.flush()
             await c.shared.aclose()
             await c.alerts.drain()
             await c.auth.drain()

@@ -141,3 +141,9 @@ async def test_journal_keeps_records_when_the_database_fails(tmp_path: Path) -> 
     await writer.flush()
     assert writer.pending == 0 and await repo.get("r1") is not None
     await database.close()
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    from palyra.storage.db import HEAD_REVISION, head_revision_of_scripts
+
+    assert head_revision_of_scripts() == HEAD_REVISION  # bump HEAD_REVISION with every new migration

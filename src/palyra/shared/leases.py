@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from palyra.shared.redis_state import RedisState, text
+if TYPE_CHECKING:
+    from palyra.shared.redis_state import RedisState
 
 
 class LeaseStore(Protocol):
@@ -87,4 +88,4 @@ class RedisLeaseStore:
 
     async def holder(self, name: str) -> str | None:
         value = await self._redis.command("GET", self._redis.key("lease", name))
-        return None if value is None else text(value)
+        return None if value is None else value.decode() if isinstance(value, bytes) else str(value)

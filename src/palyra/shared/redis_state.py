@@ -26,10 +26,10 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from palyra.shared.errors import SharedStateUnavailable
+from palyra.shared.state import DEFAULT_PREFIX
 
 log = logging.getLogger("palyra.shared")
 
-DEFAULT_PREFIX = "gw"
 UNAVAILABLE = "shared_state_unavailable"
 
 

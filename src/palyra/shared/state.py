@@ -7,25 +7,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from palyra.governance.budgets import AlertSink, BudgetLedger, Policy, SpendLoader
 from palyra.providers.resilience import ConcurrencyLimit
 from palyra.shared.breaker import AsyncCircuitBreaker, InProcessCircuitBreaker
-from palyra.shared.breaker_redis import RedisCircuitBreaker
-from palyra.shared.counters_redis import RedisCounterStore
-from palyra.shared.leases import InProcessLeaseStore, LeaseStore, RedisLeaseStore
-from palyra.shared.ledger_redis import RedisBudgetLedger
+from palyra.shared.leases import InProcessLeaseStore, LeaseStore
 from palyra.shared.limits import ProviderConcurrencyLimit
-from palyra.shared.limits_redis import RedisConcurrencyLimit
-from palyra.shared.redis_state import DEFAULT_PREFIX, RedisState
 from palyra.shared_state import CounterStore, InProcessCounterStore
+
+# The Redis implementations (and the redis client, ~6 MB) are imported only when Redis is configured.
+if TYPE_CHECKING:
+    from palyra.shared.breaker_redis import RedisCircuitBreaker
+    from palyra.shared.ledger_redis import RedisBudgetLedger
+    from palyra.shared.limits_redis import RedisConcurrencyLimit
+    from palyra.shared.redis_state import RedisState
+
+DEFAULT_PREFIX = "gw"
 
 
 class SharedState:
     def __init__(self, redis: RedisState | None = None) -> None:
         self.redis = redis
-        self.counters: CounterStore = RedisCounterStore(redis) if redis else InProcessCounterStore()
-        self.leases: LeaseStore = RedisLeaseStore(redis) if redis else InProcessLeaseStore()
+        self.counters: CounterStore = InProcessCounterStore()
+        self.leases: LeaseStore = InProcessLeaseStore()
+        if redis is not None:
+            from palyra.shared.counters_redis import RedisCounterStore
+            from palyra.shared.leases import RedisLeaseStore
+
+            self.counters = RedisCounterStore(redis)
+            self.leases = RedisLeaseStore(redis)
         self._ledgers: list[RedisBudgetLedger] = []
         self._breakers: list[RedisCircuitBreaker] = []
         self._limits: list[RedisConcurrencyLimit] = []
@@ -33,7 +44,11 @@ class SharedState:
     @classmethod
     def from_url(cls, redis_url: str, *, prefix: str = DEFAULT_PREFIX) -> SharedState:
         """``redis_url`` as configured (``server.redis_url``): empty means in process."""
-        return cls(RedisState.from_url(redis_url, prefix=prefix) if redis_url else None)
+        if not redis_url:
+            return cls(None)
+        from palyra.shared.redis_state import RedisState
+
+        return cls(RedisState.from_url(redis_url, prefix=prefix))
 
     @property
     def shared(self) -> bool:
@@ -49,6 +64,8 @@ class SharedState:
     ) -> BudgetLedger:
         if self.redis is None:
             return BudgetLedger(policies, loader, on_soft_limit, clock=clock)
+        from palyra.shared.ledger_redis import RedisBudgetLedger
+
         ledger = RedisBudgetLedger(policies, loader, on_soft_limit, redis=self.redis, clock=clock)
         self._ledgers.append(ledger)
         return ledger
@@ -60,6 +77,8 @@ class SharedState:
             return InProcessCircuitBreaker(
                 provider_id, failure_threshold=failure_threshold, cooldown_s=cooldown_s
             )
+        from palyra.shared.breaker_redis import RedisCircuitBreaker
+
         breaker = RedisCircuitBreaker(
             self.redis, provider_id, failure_threshold=failure_threshold, cooldown_s=cooldown_s
         )
@@ -69,6 +88,8 @@ class SharedState:
     def concurrency_limit(self, provider_id: str, limit: int, wait_s: float) -> ProviderConcurrencyLimit:
         if self.redis is None:
             return ConcurrencyLimit(provider_id, limit, wait_s)
+        from palyra.shared.limits_redis import RedisConcurrencyLimit
+
         slots = RedisConcurrencyLimit(self.redis, provider_id, limit, wait_s)
         self._limits.append(slots)
         return slots

@@ -7,6 +7,7 @@ its outcome, leaves exactly one run record, written when the response (or the st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -24,6 +25,7 @@ from palyra.callers.tokens import Caller, TokenService, validate_agent_id
 from palyra.errors import AuthenticationFailed, InvalidRequest, ModelNotFound, PalyraError, RequestTooLarge
 from palyra.gateway import Gateway, RunContext
 from palyra.journal import JournalWriter, RunRecord
+from palyra.logs import AccessLog
 from palyra.metrics import Metrics
 from palyra.providers.types import ChatRequest, Finish, StreamEvent, TranscriptionRequest, UsageReport
 from palyra.surface import openai_responses as enc
@@ -36,14 +38,19 @@ from palyra.surface.openai_requests import (
 )
 
 log = logging.getLogger("palyra.surface")
-access_log = logging.getLogger("palyra.access")
 
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 NOT_YET = "n/a"  # routing, cost and budget headers until governance is configured
 
 
+_REQUEST_ID_PREFIX = "req_" + secrets.token_hex(6)
+_request_ids = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    """Unique across processes (a random 48-bit prefix per process) and cheap: no system call, which
+    on the request path would hand the GIL to the database thread."""
+    return f"{_REQUEST_ID_PREFIX}{next(_request_ids):012x}"
 
 
 class OpenAISurface:
@@ -69,6 +76,7 @@ class OpenAISurface:
         self.max_audio_bytes = max_audio_bytes
         self.started_at = started_at
         self.access_log_enabled = access_log_enabled
+        self.access_log = AccessLog()
         self.limits = limits
         self.auth_failures = auth_failures
 
@@ -107,10 +115,13 @@ class OpenAISurface:
                 f"internal error; the daemon log has the details under request id {ctx.record.request_id}"
             )
             response = self._error(ctx, internal)
+        # Appended raw: these names are never already set, and MutableHeaders.update rescans the
+        # header list for every key it sets.
+        response.raw_headers.extend(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in self._headers(ctx).items()
+        )
         if isinstance(response, SSEResponse):
-            response.headers.update(self._headers(ctx))
             return response  # the stream finishes its own record
-        response.headers.update(self._headers(ctx))
         self.finish_run(ctx, response.status_code)
         return response
 
@@ -159,37 +170,36 @@ class OpenAISurface:
         r.latency_ms = elapsed * 1000.0
         r.overhead_ms = ctx.overhead_ms()
         self.journal.record(r)
-        m = self.metrics
-        m.requests.labels(r.endpoint, r.model_id or "", r.provider_id or "", str(http_status)).inc()
-        m.latency.labels(r.endpoint).observe(elapsed)
-        m.overhead.labels(r.endpoint).observe(r.overhead_ms / 1000.0)
-        if r.model_id and (r.prompt_tokens or r.completion_tokens):
-            m.tokens.labels(r.model_id, "prompt").inc(r.prompt_tokens)
-            m.tokens.labels(r.model_id, "completion").inc(r.completion_tokens)
-            if r.cached_tokens:
-                m.tokens.labels(r.model_id, "cached").inc(r.cached_tokens)
-        if self.access_log_enabled:
-            access_log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "request_id": r.request_id,
-                        "endpoint": r.endpoint,
-                        "status": http_status,
-                        "outcome": r.status,
-                        "error": r.error_class,
-                        "model": r.model_id,
-                        "provider": r.provider_id,
-                        "token_id": r.token_id,
-                        "agent": r.agent_id,
-                        "session": r.session_id,
-                        "stream": r.stream,
-                        "prompt_tokens": r.prompt_tokens,
-                        "completion_tokens": r.completion_tokens,
-                        "latency_ms": round(r.latency_ms, 3),
-                        "overhead_ms": round(r.overhead_ms, 3),
-                    }
-                },
+        self.metrics.request_finished(
+            r.endpoint,
+            r.model_id or "",
+            r.provider_id or "",
+            str(http_status),
+            elapsed,
+            r.overhead_ms / 1000.0,
+            (r.prompt_tokens, r.completion_tokens, r.cached_tokens)
+            if r.prompt_tokens or r.completion_tokens
+            else None,
+        )
+        if self.access_log_enabled and self.access_log.enabled:
+            self.access_log.write(
+                {
+                    "request_id": r.request_id,
+                    "endpoint": r.endpoint,
+                    "status": http_status,
+                    "outcome": r.status,
+                    "error": r.error_class,
+                    "model": r.model_id,
+                    "provider": r.provider_id,
+                    "token_id": r.token_id,
+                    "agent": r.agent_id,
+                    "session": r.session_id,
+                    "stream": r.stream,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "latency_ms": round(r.latency_ms, 3),
+                    "overhead_ms": round(r.overhead_ms, 3),
+                }
             )
 
     async def _body(self, request: Request, limit: int) -> bytes:
