@@ -281,6 +281,23 @@ def test_cut_after_stops_without_done(oai: FakeOpenAI, oai_client: httpx.Client)
     assert "[DONE]" not in frames
 
 
+def test_reset_or_stall_after_part_of_the_answer(oai: FakeOpenAI, oai_client: httpx.Client) -> None:
+    oai.script("/v1/chat/completions", Reply(reset=True, cut_after=2))
+    received = b""
+    with (
+        pytest.raises(httpx.TransportError),
+        oai_client.stream("POST", "/chat/completions", json=chat_body(stream=True)) as resp,
+    ):
+        for piece in resp.iter_raw():
+            received += piece
+    assert len(data_frames(received)) == 2
+    oai.script("/v1/chat/completions", Reply(hang=True, cut_after=5))
+    with oai_client.stream("POST", "/chat/completions", json=chat_body(), timeout=0.3) as resp:
+        assert resp.status_code == 200  # headers arrive, then five body bytes and silence
+        with pytest.raises(httpx.ReadTimeout):
+            resp.read()
+
+
 def test_scripted_sse_malformed_frames_and_split_utf8(oai: FakeOpenAI, oai_client: httpx.Client) -> None:
     oai.script(
         "/v1/chat/completions",

@@ -11,10 +11,12 @@ Scripting rules (``FakeUpstream.script(path, *replies)``):
   success status gets the *default* response, with the Reply's headers merged in and its faults
   (delay, chunk delay, cut, split, hang) applied to it;
 * scripted replies are answered without any auth / header checks;
-* ``hang`` never sends headers; combined with ``sse`` + ``cut_after`` it sends that many frames and
-  then stalls (connection left open) until the server stops;
+* ``hang`` never sends headers; combined with ``cut_after`` it sends the headers and that many SSE
+  frames (or body bytes) and then stalls (connection left open) until the server stops;
 * ``cut_after`` on a non-SSE body sends only that many body bytes (Content-Length stays the full
-  size), then closes the connection.
+  size), then closes the connection;
+* ``reset`` resets the connection (RST) before anything is sent; combined with ``cut_after`` it sends
+  the headers and that many SSE frames (or body bytes) first.
 """
 
 from __future__ import annotations
@@ -444,7 +446,7 @@ class FakeUpstream:
             reply = queue.popleft() if queue else None
         reply = reply or Reply()
 
-        if reply.reset:
+        if reply.reset and reply.cut_after is None:
             self._abort(request, rst=True)
             return web.Response()
         if reply.delay_s > 0 and await self._pause(reply.delay_s):
@@ -461,7 +463,7 @@ class FakeUpstream:
         else:
             body = self.default_reply(rec)
         headers = {**self._extra_headers(), **body.headers, **(reply.headers if body is not reply else {})}
-        stall = reply.hang and body.sse is not None and reply.cut_after is not None
+        stall = reply.hang and reply.cut_after is not None
 
         if reply.hang and not stall:
             await self._pause(None)
@@ -471,7 +473,7 @@ class FakeUpstream:
         try:
             if body.sse is not None:
                 return await self._send_sse(request, rec, body, reply, headers, stall)
-            return await self._send_body(request, rec, body, reply, headers)
+            return await self._send_body(request, rec, body, reply, headers, stall)
         except ConnectionError:
             rec.disconnected = True
             self._abort(request, rst=False)
@@ -499,17 +501,30 @@ class FakeUpstream:
                 self._abort(request, rst=False)
                 return resp
             await self._write(resp, frame, reply.split_utf8)
+        await self._end(request, resp, reply, stall, cut=reply.cut_after is not None)
+        return resp
+
+    async def _end(
+        self, request: web.Request, resp: web.StreamResponse, reply: Reply, stall: bool, *, cut: bool
+    ) -> None:
         if stall:
             await self._pause(None)
             self._abort(request, rst=False)
-        elif reply.cut_after is not None:
-            self._abort(request, rst=False)
+        elif cut:
+            if reply.reset:
+                await self._pause(0.05)  # let the client read what was sent before the RST drops it
+            self._abort(request, rst=reply.reset)
         else:
             await resp.write_eof()
-        return resp
 
     async def _send_body(
-        self, request: web.Request, rec: Recorded, body: Reply, reply: Reply, headers: dict[str, str]
+        self,
+        request: web.Request,
+        rec: Recorded,
+        body: Reply,
+        reply: Reply,
+        headers: dict[str, str],
+        stall: bool = False,
     ) -> web.StreamResponse:
         hdrs = {k.lower(): v for k, v in headers.items()}
         if body.raw is not None:
@@ -528,10 +543,8 @@ class FakeUpstream:
         await self._write(
             resp, data[: reply.cut_after] if reply.cut_after is not None else data, reply.split_utf8
         )
-        if reply.cut_after is not None and reply.cut_after < len(data):
-            self._abort(request, rst=False)
-        else:
-            await resp.write_eof()
+        cut = reply.cut_after is not None and reply.cut_after < len(data)
+        await self._end(request, resp, reply, stall, cut=cut)
         return resp
 
     async def _write(self, resp: web.StreamResponse, data: bytes, split: bool) -> None:

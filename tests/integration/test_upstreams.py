@@ -476,7 +476,7 @@ def test_anthropic_error_event_mid_stream(sdk: openai.OpenAI, ups: Upstreams) ->
     ) as resp:
         lines = sse_lines(resp)
     assert json.loads(lines[-2][6:])["choices"][0]["delta"]["content"] == "partial"
-    assert json.loads(lines[-1][6:])["error"]["code"] == "overloaded"
+    assert json.loads(lines[-1][6:])["error"]["code"] == "transient"  # as for HTTP 529
 
 
 def test_client_disconnect_cancels_upstream_and_records_estimate(

@@ -20,6 +20,7 @@ from palyra.providers.failures import (
     UpstreamAttemptError,
     classify_http,
     malformed_error,
+    not_an_event_stream,
 )
 from palyra.providers.http_client import make_session, upstream_call
 from palyra.providers.sse import read_events
@@ -35,6 +36,18 @@ from palyra.providers.types import (
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+ERROR_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 
 class AnthropicProvider:
@@ -129,8 +142,9 @@ class AnthropicProvider:
                     self.provider_id,
                     secrets=self._sent_keys,
                 )
-            stopped = False
+            stopped = seen = False
             async for event, payload in read_events(resp.content):
+                seen = True
                 try:
                     data = orjson.loads(payload)
                 except orjson.JSONDecodeError:
@@ -138,12 +152,16 @@ class AnthropicProvider:
                 if not isinstance(data, dict):
                     raise malformed_error(self.provider_id, f"the {event} event is not an object")
                 name = event if event != "message" else str(data.get("type", ""))
+                if name == "error":
+                    raise self._error_event(payload, data)
                 for out in translator.feed(name, data):
                     yield out
                 if name == "message_stop":
                     stopped = True
                     break
             if not stopped:
+                if not seen and resp.content_type != "text/event-stream":
+                    raise not_an_event_stream(self.provider_id, resp.content_type)
                 raise UpstreamAttemptError(
                     failure_class=FailureClass.TRANSIENT,
                     status=None,
@@ -153,6 +171,14 @@ class AnthropicProvider:
                     failover_eligible=True,
                     provider_id=self.provider_id,
                 )
+
+    def _error_event(self, payload: str, data: dict[str, Any]) -> UpstreamAttemptError:
+        """An ``event: error`` (often overloaded_error right after a 200): classified like the HTTP
+        status Anthropic uses for the same error, so it is retried, failed over and counted the same."""
+        error = data.get("error")
+        error_type = str(error.get("type")) if isinstance(error, dict) else ""
+        status = ERROR_EVENT_STATUS.get(error_type, 500)
+        return classify_http(status, payload, {}, self.provider_id, secrets=self._sent_keys, in_stream=True)
 
     async def embed(self, request: EmbeddingRequest, target: ModelTarget) -> EmbeddingResult:
         raise InvalidRequest(

@@ -184,15 +184,18 @@ def classify_http(
     provider_id: str,
     *,
     secrets: Iterable[str] = (),
+    in_stream: bool = False,
 ) -> UpstreamAttemptError:
-    """Classify a non-2xx upstream response. ``secrets`` are redacted from the message."""
+    """Classify a non-2xx upstream response, or an error sent inside a stream as the status it stands
+    for (``in_stream``). ``secrets`` are redacted from the message."""
     failure_class = _classify_status(status, body_text.lower())
     detail = _error_message(body_text)
     shown = sanitize_remote_error(detail if detail is not None else body_text, secrets=secrets)
+    where = "sent an error in the stream" if in_stream else f"returned HTTP {status}"
     return _error(
         failure_class,
         provider_id,
-        f"{provider_id} returned HTTP {status}: {shown}",
+        f"{provider_id} {where}: {shown}",
         status=status,
         retry_after_s=parse_retry_after(headers),
     )
@@ -218,6 +221,13 @@ def malformed_error(provider_id: str, detail: str) -> UpstreamAttemptError:
         FailureClass.MALFORMED,
         provider_id,
         f"{provider_id} returned a malformed response: {sanitize_remote_error(detail)}",
+    )
+
+
+def not_an_event_stream(provider_id: str, content_type: str) -> UpstreamAttemptError:
+    """A stream request answered 200 with no server-sent event at all (an HTML page, a JSON body)."""
+    return malformed_error(
+        provider_id, f"a stream request was answered with {content_type or 'no content type'}"
     )
 
 

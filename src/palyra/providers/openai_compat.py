@@ -23,6 +23,7 @@ from palyra.providers.failures import (
     UpstreamAttemptError,
     classify_http,
     malformed_error,
+    not_an_event_stream,
 )
 from palyra.providers.http_client import make_session, upstream_call
 from palyra.providers.sse import read_events
@@ -304,8 +305,9 @@ class OpenAICompatibleProvider:
                     self.provider_id,
                     secrets=self._sent_keys,
                 )
-            done = False
+            done = seen = False
             async for _event, payload in read_events(resp.content):
+                seen = True
                 if payload.strip() == "[DONE]":
                     done = True
                     break
@@ -316,10 +318,14 @@ class OpenAICompatibleProvider:
                         self.provider_id, "the stream carried a chunk that is not JSON"
                     ) from None
                 if isinstance(chunk, dict) and "error" in chunk:
-                    raise classify_http(502, json.dumps(chunk), {}, self.provider_id)
+                    raise classify_http(
+                        502, json.dumps(chunk), {}, self.provider_id, secrets=self._sent_keys, in_stream=True
+                    )
                 for event in chunk_events(chunk):
                     yield event
             if not done:
+                if not seen and resp.content_type != "text/event-stream":
+                    raise not_an_event_stream(self.provider_id, resp.content_type)
                 raise UpstreamAttemptError(
                     failure_class=FailureClass.TRANSIENT,
                     status=None,
