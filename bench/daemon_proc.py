@@ -39,6 +39,9 @@ class DaemonSpec:
     database_schema: str = ""
     source_dir: str = ""  # a src/ directory to run instead of the installed palyra (PYTHONPATH)
     upstream_base_url: str = ""  # proxied: serve UPSTREAM_MODEL from this OpenAI-compatible base URL
+    upstream_max_concurrency: int = 64  # proxied: the provider's max_concurrency (and connection pool)
+    redis_url: str = ""  # server.redis_url: shared state (counters, leases, breakers) in Redis
+    redis_key_prefix: str = ""  # server.redis_key_prefix, when the code under test has that setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +80,23 @@ def write_config(state_dir: Path, port: int, spec: DaemonSpec) -> Path:
         lines.append(f"database_url = {_toml_str(spec.database_url)}")
     if spec.database_schema:
         lines.append(f"database_schema = {_toml_str(spec.database_schema)}")
+    if spec.redis_url:
+        lines.append(f"redis_url = {_toml_str(spec.redis_url)}")
+    if spec.redis_key_prefix:
+        lines.append(f"redis_key_prefix = {_toml_str(spec.redis_key_prefix)}")
     if spec.upstream_base_url:
-        lines += upstream_config(spec.upstream_base_url)
+        lines += upstream_config(spec.upstream_base_url, spec.upstream_max_concurrency)
     path = state_dir / "palyra.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def upstream_config(base_url: str) -> list[str]:
+def upstream_config(base_url: str, max_concurrency: int = 64) -> list[str]:
     """The full proxied path: token auth, routing (suggest, the default mode), a budget reservation on
-    every request, the upstream call, cost from the shipped price of gpt-4o-mini, the journal."""
+    every request, the upstream call, cost from the shipped price of gpt-4o-mini, the journal.
+
+    ``max_concurrency`` bounds the requests in flight to the provider and sizes its connection pool;
+    the open-streams scenario needs it above the number of streams it holds open."""
     return [
         "",
         "[[model_provider.providers]]",
@@ -95,6 +105,7 @@ def upstream_config(base_url: str) -> list[str]:
         f"base_url = {_toml_str(base_url)}",
         "allow_private_base_url = true",
         f"api_key_env = {_toml_str(UPSTREAM_KEY_ENV)}",
+        f"max_concurrency = {max_concurrency}",
         "",
         "[[model_provider.models]]",
         f"model_id = {_toml_str(UPSTREAM_MODEL)}",
@@ -244,6 +255,39 @@ def proc_status_kib(pid: int, field_name: str) -> int | None:
     return None
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a gateway may run workers in child processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def tree_rss_kib(pid: int | None) -> int | None:
+    """Resident memory of ``pid`` and its descendants (``VmRSS`` summed), in KiB."""
+    if pid is None:
+        return None
+    values = [proc_status_kib(p, "VmRSS") for p in tree_pids(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of ``pid`` and its live descendants."""
+    values = [proc_cpu_seconds(p) for p in tree_pids(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time the process has used, from /proc/<pid>/stat."""
     try:
@@ -266,6 +310,7 @@ class CpuTimes:
     busy_s: float
     steal_s: float
     upstream_s: float = 0.0
+    peers_s: float = 0.0  # the other gateways the bench started (idle or not, they are not "other" load)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +322,7 @@ class CpuSnapshot:
     busy_s: float
     steal_s: float
     upstream_s: float = 0.0
+    peers_s: float = 0.0
 
     def since(self, earlier: CpuSnapshot) -> CpuTimes:
         postgres = sum(max(0.0, s - earlier.postgres_s.get(pid, 0.0)) for pid, s in self.postgres_s.items())
@@ -286,6 +332,7 @@ class CpuSnapshot:
             self.busy_s - earlier.busy_s,
             self.steal_s - earlier.steal_s,
             self.upstream_s - earlier.upstream_s,
+            self.peers_s - earlier.peers_s,
         )
 
 
@@ -319,9 +366,14 @@ def background_cpu_pct(seconds: float = 1.0) -> float:
     return 100.0 * (busy1 - busy0 + steal1 - steal0) / seconds
 
 
-def cpu_snapshot(pid: int, upstream_pid: int | None = None) -> CpuSnapshot:
-    """The daemon's, PostgreSQL's, the mock upstream's and the whole machine's CPU time; zeros where
-    /proc cannot be read."""
+def cpu_snapshot(
+    pid: int | None, upstream_pid: int | None = None, peer_pids: tuple[int, ...] = ()
+) -> CpuSnapshot:
+    """The gateway's (``pid`` and its children; none for requests straight to the mock), PostgreSQL's,
+    the mock upstream's, the other gateways' (``peer_pids``) and the whole machine's CPU time; zeros
+    where /proc cannot be read."""
     busy, steal = machine_cpu_seconds()
     upstream = (proc_cpu_seconds(upstream_pid) or 0.0) if upstream_pid is not None else 0.0
-    return CpuSnapshot(proc_cpu_seconds(pid) or 0.0, postgres_cpu_seconds(), busy, steal, upstream)
+    gateway = (tree_cpu_seconds(pid) or 0.0) if pid is not None else 0.0
+    peers = sum(tree_cpu_seconds(p) or 0.0 for p in peer_pids)
+    return CpuSnapshot(gateway, postgres_cpu_seconds(), busy, steal, upstream, peers)

@@ -97,8 +97,12 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+OVERHEAD_HEADERS = ("x-palyra-overhead-ms", "x-litellm-overhead-duration-ms")
+
+
 def _overhead(resp: aiohttp.ClientResponse) -> float | None:
-    raw = resp.headers.get("x-palyra-overhead-ms")
+    """The gateway's own overhead figure: Palyra's header, or LiteLLM's (absent on direct requests)."""
+    raw = resp.headers.get(OVERHEAD_HEADERS[0]) or resp.headers.get(OVERHEAD_HEADERS[1])
     try:
         return float(raw) if raw is not None else None
     except ValueError:
@@ -133,10 +137,11 @@ class Client:
 
         return call
 
-    def streaming(self, path: str, body: bytes) -> RequestFn:
+    def streaming(self, path: str, body: bytes, on_first_byte: Callable[[], None] | None = None) -> RequestFn:
         """A streaming POST; the whole SSE body is read, and it must end with ``data: [DONE]``.
 
-        Time to first byte runs from sending the request to the first chunk of the body.
+        Time to first byte runs from sending the request to the first chunk of the body;
+        ``on_first_byte`` is called then (the open-streams scenario counts open streams with it).
         """
         url = self.base_url + path
 
@@ -153,6 +158,8 @@ class Client:
                     async for chunk in resp.content.iter_any():
                         if first is None:
                             first = time.perf_counter()
+                            if on_first_byte is not None:
+                                on_first_byte()
                         tail = (tail + chunk)[-64:]
                     latency = time.perf_counter() - started
                     if first is None or b"data: [DONE]" not in tail:
@@ -220,15 +227,83 @@ class RoundSamples:
     client_cpu_s: float = 0.0
 
 
-async def run_interleaved(direct: RequestFn, proxied: RequestFn, rounds: int, per_round: int) -> RoundSamples:
-    """``rounds`` rounds of ``per_round`` sequential requests to each target, alternating which goes first,
-    so drift in the machine's speed (other load, frequency, caches) hits both sides alike."""
-    out = RoundSamples()
+async def run_interleaved(
+    calls: list[RequestFn], rounds: int, per_round: int
+) -> tuple[list[list[Samples]], float, float]:
+    """``rounds`` rounds of ``per_round`` sequential requests to each target; each round starts with
+    the next target in turn (D P L, P L D, L D P, ...; with two targets D P, P D, ...), so drift in the
+    machine's speed (other load, frequency, caches) hits every side alike. Returns one list of rounds
+    per target, the elapsed time and the client's CPU time."""
+    out: list[list[Samples]] = [[] for _ in calls]
     started, cpu = _prepare()
     for r in range(rounds):
-        order = [(direct, out.direct), (proxied, out.proxied)]
-        for call, bucket in order if r % 2 == 0 else reversed(order):
-            bucket.append(await run_sequential(call, per_round))
-    out.elapsed_s = time.perf_counter() - started
-    out.client_cpu_s = time.process_time() - cpu
+        for k in range(len(calls)):
+            i = (r + k) % len(calls)
+            out[i].append(await run_sequential(calls[i], per_round))
+    return out, time.perf_counter() - started, time.process_time() - cpu
+
+
+def alternating(*calls: RequestFn) -> RequestFn:
+    """One request function that takes turns among ``calls`` (a mixed load)."""
+    turn = 0
+
+    async def call() -> Outcome:
+        nonlocal turn
+        turn += 1
+        return await calls[turn % len(calls)]()
+
+    return call
+
+
+@dataclass(slots=True)
+class PacedSamples:
+    """An open-loop run: what was sent on schedule and what was skipped because too many were in flight."""
+
+    samples: Samples
+    scheduled: int = 0
+    skipped: int = 0
+
+
+async def run_paced(
+    call: RequestFn,
+    rate_per_s: float,
+    duration_s: float,
+    max_in_flight: int,
+    tick: Callable[[float], None] | None = None,
+) -> PacedSamples:
+    """Open loop: start a request every ``1 / rate_per_s`` seconds for ``duration_s``, whether or not the
+    earlier ones have finished (a slow gateway does not slow the schedule down). At most
+    ``max_in_flight`` are outstanding; a request due while that many are in flight is skipped and
+    counted. ``tick(elapsed_s)`` is called about every 100 ms (the soak samples memory from it)."""
+    out = PacedSamples(Samples())
+    started, cpu = _prepare()
+    in_flight: set[asyncio.Task[None]] = set()
+    interval = 1.0 / rate_per_s
+    last_tick = started
+
+    async def one() -> None:
+        out.samples.add(await call())
+
+    while True:
+        now = time.perf_counter()
+        elapsed = now - started
+        if elapsed >= duration_s:
+            break
+        due = int(elapsed / interval) + 1 - out.scheduled
+        for _ in range(max(0, due)):
+            out.scheduled += 1
+            if len(in_flight) >= max_in_flight:
+                out.skipped += 1
+                continue
+            task = asyncio.create_task(one())
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if tick is not None and now - last_tick >= 0.1:
+            last_tick = now
+            tick(elapsed)
+        await asyncio.sleep(min(interval, 0.005))
+    if in_flight:
+        await asyncio.gather(*in_flight)
+    out.samples.elapsed_s = time.perf_counter() - started
+    out.samples.client_cpu_s = time.process_time() - cpu
     return out

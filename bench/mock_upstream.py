@@ -6,6 +6,9 @@ the request asks for ``stream_options.include_usage``, then ``data: [DONE]``) an
 It answers every request the same way (it only reads ``model``, ``stream``, ``stream_options`` and the
 message lengths), after an optional fixed ``--delay-ms``; each SSE event is its own write, with an
 optional ``--chunk-interval-ms`` between them. Any ``Authorization`` header is accepted.
+``POST /_mock/settings`` with ``{"delay_ms": ..., "chunk_interval_ms": ...}`` changes those two for the
+requests that follow (the open-streams scenario turns streams into a slow trickle this way) and answers
+with the settings now in force.
 
 Two servers with the same behaviour: ``asgi`` (a raw ASGI callable under uvicorn with uvloop and
 httptools, no framework; the default, the faster of the two on the benchmark machine) and ``aiohttp``
@@ -40,6 +43,8 @@ REPLY = (
 )
 WORDS = REPLY.split(" ")
 START_TIMEOUT_S = 20.0
+SETTINGS_PATH = "/_mock/settings"
+BAD_SETTINGS = b'{"error":{"message":"expected delay_ms, chunk_interval_ms >= 0","type":"bad_settings"}}'
 STOP_TIMEOUT_S = 10.0
 
 Scope = MutableMapping[str, Any]
@@ -74,6 +79,22 @@ class Responder:
             }
         )
         self.counter = 0
+
+    def configure(self, body: bytes) -> bytes | None:
+        """Apply ``POST /_mock/settings``; the settings now in force, or None for a bad body."""
+        changes = self.parse(body)
+        if changes is None or not set(changes) <= {"delay_ms", "chunk_interval_ms"}:
+            return None
+        values = [changes.get(k) for k in ("delay_ms", "chunk_interval_ms")]
+        if any(v is not None and (not isinstance(v, int | float) or v < 0) for v in values):
+            return None
+        if values[0] is not None:
+            self.delay_s = values[0] / 1000.0
+        if values[1] is not None:
+            self.interval_s = values[1] / 1000.0
+        return orjson.dumps(
+            {"delay_ms": self.delay_s * 1000.0, "chunk_interval_ms": self.interval_s * 1000.0}
+        )
 
     @staticmethod
     def parse(body: bytes) -> dict[str, Any] | None:
@@ -167,7 +188,7 @@ def asgi_app(responder: Responder) -> Callable[[Scope, Receive, Send], Awaitable
         if method == "GET" and path == "/v1/models":
             await reply(send, 200, responder.models_body, JSON_HEADERS)
             return
-        if method != "POST" or path != "/v1/chat/completions":
+        if method != "POST" or path not in ("/v1/chat/completions", SETTINGS_PATH):
             await reply(send, 404, b'{"error":{"message":"not found","type":"not_found"}}', JSON_HEADERS)
             return
         chunks: list[bytes] = []
@@ -176,6 +197,10 @@ def asgi_app(responder: Responder) -> Callable[[Scope, Receive, Send], Awaitable
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
+        if path == SETTINGS_PATH:
+            settings = responder.configure(b"".join(chunks))
+            await reply(send, 200 if settings else 400, settings or BAD_SETTINGS, JSON_HEADERS)
+            return
         request = responder.parse(b"".join(chunks))
         if request is None:
             body = b'{"error":{"message":"the body is not a JSON object","type":"invalid_request_error"}}'
@@ -224,6 +249,12 @@ def serve_aiohttp(host: str, port: int, responder: Responder) -> None:
     async def models(_request: web.Request) -> web.Response:
         return web.Response(body=responder.models_body, content_type="application/json")
 
+    async def settings(http: web.Request) -> web.Response:
+        body = responder.configure(await http.read())
+        return web.Response(
+            status=200 if body else 400, body=body or BAD_SETTINGS, content_type="application/json"
+        )
+
     async def chat(http: web.Request) -> web.StreamResponse:
         request = responder.parse(await http.read())
         if request is None:
@@ -245,6 +276,7 @@ def serve_aiohttp(host: str, port: int, responder: Responder) -> None:
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post(SETTINGS_PATH, settings)
     uvloop.install()
     web.run_app(app, host=host, port=port, access_log=None, print=None, backlog=4096)
 
@@ -329,6 +361,14 @@ class MockUpstream:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def configure(self, *, delay_ms: float | None = None, chunk_interval_ms: float | None = None) -> None:
+        """Change the delay and the pause between stream events for the requests that follow."""
+        changes = {"delay_ms": delay_ms, "chunk_interval_ms": chunk_interval_ms}
+        body = orjson.dumps({k: v for k, v in changes.items() if v is not None})
+        request = urllib.request.Request(self.base_url + SETTINGS_PATH, data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5.0) as resp:
+            resp.read()
 
     def stderr_text(self) -> str:
         if self.stderr_path is None:

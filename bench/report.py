@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
 
 from daemon_proc import CpuTimes
 from loadgen import RoundSamples, Samples, percentile
 
-OVERHEAD_P50_TARGET_MS = 1.0
-OVERHEAD_P99_TARGET_MS = 3.0
-THROUGHPUT_TARGET_RPS = 3000.0
-ADDED_TTFB_TARGET_MS = 1.0
 DISTURBED_CPU_PCT = 20.0
+GATEWAY_NAMES = {"palyra": "Palyra", "litellm": "LiteLLM", "direct": "Direct"}
 CPU_NOTE = (
     "CPU columns: percent of one core over the measured phase (the machine's total is nproc x 100%). "
+    "Gateway CPU is the gateway's (Palyra's or LiteLLM's process and its children); "
     "Mock CPU is the mock upstream's (proxied runs only). "
-    "Other CPU is everything else (kernel networking, other processes) plus steal; above "
+    "Other CPU is everything else (kernel networking, other processes) plus steal, less the other "
+    "gateway's CPU when both run; above "
     f"{DISTURBED_CPU_PCT:.0f}% the phase is listed under Problems as disturbed."
 )
 INTERLEAVED_NOTE = (
@@ -25,7 +23,9 @@ INTERLEAVED_NOTE = (
     "direct-to-mock and through-Palyra rounds (which side goes first alternates too). p50 is the median "
     "of the round medians, p99 is over all rounds' requests. Added p50 is the median of the per-round "
     "differences (Palyra round median minus direct round median); added p99 is Palyra p99 minus direct "
-    "p99. Overhead is Palyra's x-palyra-overhead-ms header on the proxied requests."
+    "p99. Overhead is the gateway's own figure: Palyra's x-palyra-overhead-ms header, LiteLLM's "
+    "x-litellm-overhead-duration-ms. With --compare litellm the rounds rotate over direct, Palyra and "
+    "LiteLLM, and the gateway CPU is over all of them."
 )
 
 
@@ -50,6 +50,9 @@ class Phase:
     other_cpu_pct: float
     steal_pct: float
     upstream_cpu_pct: float = 0.0
+    target: str = "palyra"  # who answered: palyra, litellm, or direct (the mock itself)
+    rss_before_kib: int | None = None  # the target's RSS (process tree) before the phase
+    rss_max_kib: int | None = None  # and the largest of the samples taken during it
 
     @property
     def error_count(self) -> int:
@@ -84,6 +87,66 @@ class Interleaved:
     postgres_cpu_pct: float
     other_cpu_pct: float
     steal_pct: float
+    target: str = "palyra"  # the gateway compared with the direct rounds
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(slots=True)
+class IdleRss:
+    """A gateway's memory with nothing to do: right after start-up, and after a few requests (which load
+    what is loaded lazily, such as a tokenizer) and a pause."""
+
+    at_start_kib: int | None
+    after_requests_kib: int | None
+    requests: int
+    settle_s: float
+
+
+@dataclass(slots=True)
+class OpenStreams:
+    """Many streams held open at once through one gateway, the mock trickling their events."""
+
+    requested: int
+    opened: int  # streams whose first byte arrived
+    peak_open: int  # the most streams between their first byte and their end at one moment
+    completed: int  # streams that ended with data: [DONE]
+    errors: dict[str, int]
+    error_samples: list[str]
+    open_s: float | None  # from the first request until every stream had its first byte; None: never
+    elapsed_s: float
+    chunk_interval_ms: float
+    ttfb_ms: dict[str, float | None]
+    rss_before_kib: int | None
+    rss_peak_kib: int | None  # the largest sample while the streams were open
+    rss_after_kib: int | None
+    gateway_cpu_pct: float
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(slots=True)
+class Soak:
+    """An open-loop load at a fixed rate for minutes, the gateway's RSS sampled at a fixed interval."""
+
+    minutes: float
+    rate_per_s: float  # the schedule
+    achieved_per_s: float  # successful requests per second
+    scheduled: int
+    skipped: int  # due while too many were in flight: not sent
+    ok: int
+    errors: dict[str, int]
+    error_samples: list[str]
+    latency_ms: dict[str, float | None]
+    warmup_s: float  # samples before this are not compared
+    samples: list[dict[str, float]]  # {"t_s", "rss_kib"}
+    first_kib: int | None  # first sample after the warm-up
+    last_kib: int | None
+    growth_pct: float | None  # last vs first
 
     @property
     def error_count(self) -> int:
@@ -116,6 +179,12 @@ class DaemonRun:
     interleaved: list[Interleaved] = field(default_factory=list)
     upstream_died: bool = False
     upstream_stderr: list[str] = field(default_factory=list)
+    gateway: str = "palyra"  # or litellm (--compare litellm)
+    backend: str = "embedded"  # embedded, postgres (journal only) or postgres+redis
+    version: str = ""  # the gateway's version (LiteLLM's; Palyra's is under Machine)
+    idle: IdleRss | None = None
+    open_streams: OpenStreams | None = None
+    soak: Soak | None = None
 
     @property
     def failed(self) -> bool:
@@ -125,6 +194,8 @@ class DaemonRun:
             or self.upstream_died
             or any(p.error_count for p in self.phases)
             or any(i.error_count for i in self.interleaved)
+            or bool(self.open_streams and self.open_streams.error_count)
+            or bool(self.soak and self.soak.error_count)
         )
 
 
@@ -139,7 +210,8 @@ def _pcts(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
 def _cpu_shares(cpu: CpuTimes, client_cpu_s: float, elapsed_s: float) -> dict[str, float]:
     """CPU of each party in percent of one core; "other" is the machine's busy time minus theirs."""
     elapsed = elapsed_s or float("nan")
-    other_s = max(0.0, cpu.busy_s - cpu.daemon_s - cpu.postgres_s - cpu.upstream_s - client_cpu_s)
+    known = cpu.daemon_s + cpu.postgres_s + cpu.upstream_s + cpu.peers_s + client_cpu_s
+    other_s = max(0.0, cpu.busy_s - known)
     return {
         "daemon_cpu_pct": round(100.0 * cpu.daemon_s / elapsed, 1),
         "client_cpu_pct": round(100.0 * client_cpu_s / elapsed, 1),
@@ -150,8 +222,18 @@ def _cpu_shares(cpu: CpuTimes, client_cpu_s: float, elapsed_s: float) -> dict[st
     }
 
 
-def summarize(scenario: str, label: str, concurrency: int, samples: Samples, cpu: CpuTimes) -> Phase:
-    """Percentiles, rates and CPU shares (100% is one core) of one measured phase."""
+def summarize(
+    scenario: str,
+    label: str,
+    concurrency: int,
+    samples: Samples,
+    cpu: CpuTimes,
+    *,
+    target: str = "palyra",
+    rss: tuple[int | None, int | None] = (None, None),
+) -> Phase:
+    """Percentiles, rates and CPU shares (100% is one core) of one measured phase; ``rss`` is the
+    target's RSS before the phase and the largest sample during it."""
     elapsed = samples.elapsed_s or float("nan")
     return Phase(
         scenario=scenario,
@@ -166,7 +248,18 @@ def summarize(scenario: str, label: str, concurrency: int, samples: Samples, cpu
         overhead_ms=_pcts(samples.overheads_ms),
         ttfb_ms=_pcts(samples.ttfbs_s, 1000.0),
         **_cpu_shares(cpu, samples.client_cpu_s, samples.elapsed_s),
+        target=target,
+        rss_before_kib=rss[0],
+        rss_max_kib=rss[1],
     )
+
+
+def latency_pcts(samples: Samples) -> dict[str, float | None]:
+    return _pcts(samples.latencies_s, 1000.0)
+
+
+def ttfb_pcts(samples: Samples) -> dict[str, float | None]:
+    return _pcts(samples.ttfbs_s, 1000.0)
 
 
 def _pooled(rounds: list[Samples], attr: str) -> list[float]:
@@ -211,7 +304,7 @@ def _compare(
 
 
 def summarize_interleaved(
-    scenario: str, label: str, stream: bool, samples: RoundSamples, cpu: CpuTimes
+    scenario: str, label: str, stream: bool, samples: RoundSamples, cpu: CpuTimes, target: str = "palyra"
 ) -> Interleaved:
     errors: dict[str, int] = {}
     error_samples: list[str] = []
@@ -241,23 +334,24 @@ def summarize_interleaved(
         proxied_ttfb_ms=ttfb[1],
         added_ttfb_ms=ttfb[2],
         overhead_ms=_pcts(_pooled(samples.proxied, "overheads_ms")),
-        round_medians_ms={"direct": [round(v, 3) for v in d_med], "palyra": [round(v, 3) for v in p_med]},
+        round_medians_ms={"direct": [round(v, 3) for v in d_med], target: [round(v, 3) for v in p_med]},
         **_cpu_shares(cpu, samples.client_cpu_s, samples.elapsed_s),
+        target=target,
     )
 
 
 # --- markdown -------------------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def _mib(kib: int | None) -> str:
+def mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.1f} MiB"
 
 
@@ -267,16 +361,17 @@ def _drain(run: DaemonRun) -> str:
     return "not drained" if run.journal_drain_s is None else f"{run.journal_drain_s:.2f} s"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
-def _run_name(run: DaemonRun) -> str:
+def run_name(run: DaemonRun) -> str:
+    """``embedded, palyra`` (the suite), ``postgres+redis, litellm``, ``embedded, deterministic``..."""
     if run.proxied:
-        return f"{run.database}, proxied"
-    return f"{run.database}, access log on" if run.access_log else run.database
+        return f"{run.backend}, {run.gateway}"
+    return f"{run.backend}, deterministic" + (", access log on" if run.access_log else "")
 
 
 def results_table(run: DaemonRun) -> list[str]:
@@ -292,11 +387,13 @@ def results_table(run: DaemonRun) -> list[str]:
         "Overhead p99 ms",
         "TTFB p50 ms",
         "TTFB p99 ms",
-        "Daemon CPU",
+        "Gateway CPU",
         "Client CPU",
         *(["Mock CPU"] if run.proxied else []),
         "PostgreSQL CPU",
         "Other CPU",
+        "RSS before",
+        "RSS max",
     ]
     rows = [
         [
@@ -305,38 +402,41 @@ def results_table(run: DaemonRun) -> list[str]:
             str(p.ok),
             str(p.error_count),
             f"{p.rate_per_s:,.0f}",
-            _ms(p.latency_ms["p50"]),
-            _ms(p.latency_ms["p99"]),
-            _ms(p.overhead_ms["p50"]),
-            _ms(p.overhead_ms["p99"]),
-            _ms(p.ttfb_ms["p50"]),
-            _ms(p.ttfb_ms["p99"]),
-            _pct(p.daemon_cpu_pct),
-            _pct(p.client_cpu_pct),
-            *([_pct(p.upstream_cpu_pct)] if run.proxied else []),
-            _pct(p.postgres_cpu_pct),
-            _pct(p.other_cpu_pct + p.steal_pct),
+            ms(p.latency_ms["p50"]),
+            ms(p.latency_ms["p99"]),
+            ms(p.overhead_ms["p50"]),
+            ms(p.overhead_ms["p99"]),
+            ms(p.ttfb_ms["p50"]),
+            ms(p.ttfb_ms["p99"]),
+            pct(p.daemon_cpu_pct),
+            pct(p.client_cpu_pct),
+            *([pct(p.upstream_cpu_pct)] if run.proxied else []),
+            pct(p.postgres_cpu_pct),
+            pct(p.other_cpu_pct + p.steal_pct),
+            mib(p.rss_before_kib),
+            mib(p.rss_max_kib),
         ]
         for p in run.phases
     ]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def interleaved_table(run: DaemonRun) -> list[str]:
+    name = GATEWAY_NAMES.get(run.gateway, run.gateway)
     header = [
         "Scenario",
         "Metric",
         "Rounds x requests",
         "Direct p50 ms",
         "Direct p99 ms",
-        "Palyra p50 ms",
-        "Palyra p99 ms",
+        f"{name} p50 ms",
+        f"{name} p99 ms",
         "Added p50 ms",
         "Added p99 ms",
         "Overhead p50 ms",
         "Overhead p99 ms",
         "Errors",
-        "Daemon CPU",
+        "Gateway CPU",
         "Client CPU",
         "Mock CPU",
         "PostgreSQL CPU",
@@ -354,28 +454,73 @@ def interleaved_table(run: DaemonRun) -> list[str]:
                     i.label if first else "",
                     metric,
                     f"{i.rounds} x {i.per_round}" if first else "",
-                    _ms(d["p50"]),
-                    _ms(d["p99"]),
-                    _ms(p["p50"]),
-                    _ms(p["p99"]),
-                    _ms(a["p50"]),
-                    _ms(a["p99"]),
-                    _ms(i.overhead_ms["p50"]) if first else "",
-                    _ms(i.overhead_ms["p99"]) if first else "",
+                    ms(d["p50"]),
+                    ms(d["p99"]),
+                    ms(p["p50"]),
+                    ms(p["p99"]),
+                    ms(a["p50"]),
+                    ms(a["p99"]),
+                    ms(i.overhead_ms["p50"]) if first else "",
+                    ms(i.overhead_ms["p99"]) if first else "",
                     str(i.error_count) if first else "",
-                    _pct(i.daemon_cpu_pct) if first else "",
-                    _pct(i.client_cpu_pct) if first else "",
-                    _pct(i.upstream_cpu_pct) if first else "",
-                    _pct(i.postgres_cpu_pct) if first else "",
-                    _pct(i.other_cpu_pct + i.steal_pct) if first else "",
+                    pct(i.daemon_cpu_pct) if first else "",
+                    pct(i.client_cpu_pct) if first else "",
+                    pct(i.upstream_cpu_pct) if first else "",
+                    pct(i.postgres_cpu_pct) if first else "",
+                    pct(i.other_cpu_pct + i.steal_pct) if first else "",
                 ]
             )
-    return _table(header, rows)
+    return table(header, rows)
+
+
+def memory_table(runs: list[DaemonRun]) -> list[str]:
+    """Idle RSS, open streams and the soak, one row per gateway that ran any of them."""
+    header = [
+        "Gateway",
+        "RSS at start",
+        "RSS idle after requests",
+        "Open streams: completed / asked",
+        "Open at once (max)",
+        "Open streams: all open after",
+        "RSS with streams open (peak)",
+        "Stream TTFB p50 / p99 ms",
+        "Soak: rate asked / achieved",
+        "Soak: RSS first / last",
+        "Soak: growth",
+    ]
+    rows = []
+    for run in runs:
+        i, o, k = run.idle, run.open_streams, run.soak
+        if i is None and o is None and k is None:
+            continue
+        rows.append(
+            [
+                run_name(run),
+                mib(i.at_start_kib) if i else mib(run.rss_idle_kib),
+                mib(i.after_requests_kib) if i else "-",
+                f"{o.completed} / {o.requested}" if o else "-",
+                str(o.peak_open) if o else "-",
+                ("never" if o.open_s is None else f"{o.open_s:.2f} s") if o else "-",
+                mib(o.rss_peak_kib) if o else "-",
+                f"{ms(o.ttfb_ms['p50'])} / {ms(o.ttfb_ms['p99'])}" if o else "-",
+                f"{k.rate_per_s:,.0f} / {k.achieved_per_s:,.0f} per s" if k else "-",
+                f"{mib(k.first_kib)} / {mib(k.last_kib)}" if k else "-",
+                ("-" if k.growth_pct is None else f"{k.growth_pct:+.1f}%") if k else "-",
+            ]
+        )
+    return table(header, rows) if rows else []
+
+
+def soak_samples(run: DaemonRun) -> str:
+    """The soak's RSS samples on one line: ``0:150.1 60:152.3 ...`` (seconds:MiB)."""
+    if run.soak is None:
+        return ""
+    return " ".join(f"{s['t_s']:.0f}s:{s['rss_kib'] / 1024:.1f}" for s in run.soak.samples)
 
 
 def daemon_table(runs: list[DaemonRun]) -> list[str]:
     header = [
-        "Daemon",
+        "Gateway",
         "RSS idle",
         "RSS after load",
         "RSS peak",
@@ -393,10 +538,10 @@ def daemon_table(runs: list[DaemonRun]) -> list[str]:
             stop += ", SIGKILLed"
         rows.append(
             [
-                _run_name(run),
-                _mib(run.rss_idle_kib),
-                _mib(run.rss_after_kib),
-                _mib(run.rss_peak_kib),
+                run_name(run),
+                mib(run.rss_idle_kib),
+                mib(run.rss_after_kib),
+                mib(run.rss_peak_kib),
                 str(run.requests_sent),
                 "-" if run.journal_pending_after_load is None else f"{run.journal_pending_after_load:.0f}",
                 _drain(run),
@@ -405,165 +550,4 @@ def daemon_table(runs: list[DaemonRun]) -> list[str]:
                 stop,
             ]
         )
-    return _table(header, rows)
-
-
-def _find(runs: list[DaemonRun], scenario: str) -> Phase | None:
-    for run in runs:
-        if run.access_log:
-            continue
-        for p in run.phases:
-            if p.scenario == scenario:
-                return p
-    return None
-
-
-def _find_interleaved(runs: list[DaemonRun], scenario: str) -> Interleaved | None:
-    for run in runs:
-        for i in run.interleaved:
-            if i.scenario == scenario:
-                return i
-    return None
-
-
-def _check(name: str, goal: str, value: float | None, met: bool | None) -> dict[str, Any]:
-    return {"target": name, "goal": goal, "measured": value, "met": met}
-
-
-def _at_most(value: float | None, limit: float) -> bool | None:
-    return None if value is None else value <= limit
-
-
-def target_rows(runs: list[DaemonRun]) -> list[dict[str, Any]]:
-    """The targets, checked against the access-log-off run."""
-    checks: list[dict[str, Any]] = []
-    seq, thr = _find(runs, "sequential"), _find(runs, "throughput")
-    for phase in (seq, thr):
-        if phase is None:
-            continue
-        where = "sequential" if phase is seq else f"{phase.concurrency} connections"
-        p50, p99 = phase.overhead_ms["p50"], phase.overhead_ms["p99"]
-        goal50, goal99 = f"<= {OVERHEAD_P50_TARGET_MS:g} ms", f"<= {OVERHEAD_P99_TARGET_MS:g} ms"
-        checks.append(_check(f"Overhead p50, {where}", goal50, p50, _at_most(p50, OVERHEAD_P50_TARGET_MS)))
-        checks.append(_check(f"Overhead p99, {where}", goal99, p99, _at_most(p99, OVERHEAD_P99_TARGET_MS)))
-    if thr is not None:
-        met = thr.rate_per_s >= THROUGHPUT_TARGET_RPS
-        goal = f">= {THROUGHPUT_TARGET_RPS:,.0f}"
-        checks.append(
-            _check(f"Non-streaming chat requests/s, {thr.concurrency} connections", goal, thr.rate_per_s, met)
-        )
-    return checks + proxied_target_rows(runs)
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 3)
-
-
-def proxied_target_rows(runs: list[DaemonRun]) -> list[dict[str, Any]]:
-    """The targets on the proxied path: added latency against the direct path, the overhead header,
-    throughput and added time to first byte."""
-    checks: list[dict[str, Any]] = []
-    goal50, goal99 = f"<= {OVERHEAD_P50_TARGET_MS:g} ms", f"<= {OVERHEAD_P99_TARGET_MS:g} ms"
-    seq = _find_interleaved(runs, "proxied-overhead")
-    if seq is not None:
-        for name, block in (("Proxied: added latency", seq.added_ms), ("Proxied: overhead", seq.overhead_ms)):
-            p50, p99 = block["p50"], block["p99"]
-            checks.append(
-                _check(f"{name} p50, sequential", goal50, p50, _at_most(p50, OVERHEAD_P50_TARGET_MS))
-            )
-            checks.append(
-                _check(f"{name} p99, sequential", goal99, p99, _at_most(p99, OVERHEAD_P99_TARGET_MS))
-            )
-    thr = _find(runs, "proxied-throughput")
-    if thr is not None:
-        p50, p99 = thr.overhead_ms["p50"], thr.overhead_ms["p99"]
-        where = f"{thr.concurrency} connections"
-        checks.append(
-            _check(f"Proxied: overhead p50, {where}", goal50, p50, _at_most(p50, OVERHEAD_P50_TARGET_MS))
-        )
-        checks.append(
-            _check(f"Proxied: overhead p99, {where}", goal99, p99, _at_most(p99, OVERHEAD_P99_TARGET_MS))
-        )
-        goal = f">= {THROUGHPUT_TARGET_RPS:,.0f}"
-        met = thr.rate_per_s >= THROUGHPUT_TARGET_RPS
-        checks.append(_check(f"Proxied: non-streaming chat requests/s, {where}", goal, thr.rate_per_s, met))
-    goal_ttfb = f"<= {ADDED_TTFB_TARGET_MS:g} ms"
-    seq_stream = _find_interleaved(runs, "proxied-overhead-stream")
-    if seq_stream is not None:
-        added = seq_stream.added_ttfb_ms["p50"]
-        met_ttfb = _at_most(added, ADDED_TTFB_TARGET_MS)
-        checks.append(_check("Proxied: added TTFB p50, sequential streams", goal_ttfb, added, met_ttfb))
-    stream, direct = _find(runs, "proxied-stream"), _find(runs, "proxied-stream-direct")
-    if stream is not None and direct is not None:
-        added = _minus(stream.ttfb_ms["p50"], direct.ttfb_ms["p50"])
-        name = f"Proxied: added TTFB p50, {stream.concurrency} streams (vs direct at {direct.concurrency})"
-        checks.append(_check(name, goal_ttfb, added, _at_most(added, ADDED_TTFB_TARGET_MS)))
-    return checks
-
-
-def targets_table(runs: list[DaemonRun]) -> list[str]:
-    rows = [
-        [
-            c["target"],
-            c["goal"],
-            "-" if c["measured"] is None else f"{c['measured']:,.2f}",
-            {True: "yes", False: "**no**", None: "-"}[c["met"]],
-        ]
-        for c in target_rows(runs)
-    ]
-    return _table(["Target", "Goal", "Measured", "Met"], rows)
-
-
-def problems_section(runs: list[DaemonRun]) -> list[str]:
-    lines: list[str] = []
-    for run in runs:
-        for p in run.phases:
-            if p.error_count:
-                kinds = ", ".join(f"{k} x{n}" for k, n in sorted(p.errors.items()))
-                lines.append(f"- {p.label} ({_run_name(run)}): {kinds}")
-                lines += [f"  - sample: `{s}`" for s in p.error_samples]
-        for i in run.interleaved:
-            if i.error_count:
-                kinds = ", ".join(f"{k} x{n}" for k, n in sorted(i.errors.items()))
-                lines.append(f"- {i.label} ({_run_name(run)}): {kinds}")
-                lines += [f"  - sample: `{s}`" for s in i.error_samples]
-        measured: list[Interleaved | Phase] = [*run.interleaved, *run.phases]
-        for q in measured:
-            if q.other_cpu_pct + q.steal_pct > DISTURBED_CPU_PCT:
-                share = f"{q.other_cpu_pct + q.steal_pct:.0f}% of a core"
-                lines.append(f"- {q.label} ({_run_name(run)}): disturbed, other CPU use {share}")
-        if run.died:
-            lines.append(f"- the daemon ({_run_name(run)}) exited during the run")
-        if run.upstream_died:
-            lines.append(f"- the mock upstream ({_run_name(run)}) exited during the run")
-        if run.upstream_stderr:
-            lines.append(f"- mock upstream stderr ({_run_name(run)}), last {len(run.upstream_stderr)} lines:")
-            lines += ["", "```", *run.upstream_stderr, "```", ""]
-        rows = run.journal_rows_after_stop
-        if rows is not None and rows != run.requests_sent:
-            lines.append(f"- journal ({_run_name(run)}): {rows} rows for {run.requests_sent} requests sent")
-        if run.stderr_problems:
-            lines.append(
-                f"- daemon stderr warnings/errors ({_run_name(run)}), last {len(run.stderr_problems)}:"
-            )
-            lines += ["", "```", *run.stderr_problems, "```", ""]
-    return lines
-
-
-def markdown(runs: list[DaemonRun], machine: dict[str, str], command: str) -> str:
-    lines = ["## Palyra benchmark"]
-    for run in runs:
-        lines += ["", f"### {_run_name(run)}", ""]
-        if run.proxied:
-            lines += [f"Model gpt-4o-mini through Palyra to the mock upstream: {run.upstream}.", ""]
-        if run.interleaved:
-            lines += [*interleaved_table(run), "", INTERLEAVED_NOTE, ""]
-        if run.phases:
-            lines += results_table(run)
-    lines += ["", CPU_NOTE, "", "### Daemon", "", *daemon_table(runs)]
-    lines += ["", "### Targets", "", *targets_table(runs)]
-    problems = problems_section(runs)
-    lines += ["", "### Problems", "", *(problems or ["none: no errors, no warnings in the daemon log"])]
-    lines += ["", "### Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()]
-    lines += ["", "### Command", "", "```", command, "```"]
-    return "\n".join(lines) + "\n"
+    return table(header, rows)
