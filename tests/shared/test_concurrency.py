@@ -87,3 +87,39 @@ async def test_unreachable_redis_falls_back_to_a_per_replica_limit(redis_factory
     await slots.acquire()
     await slots.aclose()
     assert slots.in_flight == 0
+
+
+async def test_a_busy_replica_reuses_its_slots_without_a_round_trip(redis_factory) -> None:
+    from palyra.shared.limits_redis import IDLE_S
+
+    state = redis_factory()
+    slots = RedisConcurrencyLimit(state, "p2", 2, wait_s=1.0)
+    try:
+        await slots.acquire()
+        await slots.acquire()
+        calls = 0
+        real = state.run
+
+        async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return await real(*args, **kwargs)
+
+        state.run = counting  # type: ignore[method-assign]
+        for _ in range(20):  # a release then an acquire: the slot never leaves this replica
+            slots.release()
+            await slots.acquire()
+        waiter = asyncio.create_task(slots.acquire())  # at the limit: waits
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        slots.release()  # handed straight to the waiter
+        await asyncio.wait_for(waiter, 1.0)
+        assert time.monotonic() - started < 0.01
+        assert calls <= 2  # the waiter may have polled Redis once or twice; the rest was local
+        assert await slots.global_in_flight() == 2
+        slots.release()
+        slots.release()
+        await asyncio.sleep(IDLE_S * 4)  # idle slots go back to the fleet by themselves
+        assert await slots.global_in_flight() == 0
+    finally:
+        await slots.aclose()

@@ -147,3 +147,41 @@ def test_head_revision_constant_matches_the_migration_scripts() -> None:
     from palyra.storage.db import HEAD_REVISION, head_revision_of_scripts
 
     assert head_revision_of_scripts() == HEAD_REVISION  # bump HEAD_REVISION with every new migration
+
+
+async def test_token_reads_are_shared_and_refreshed_ahead(db: Database) -> None:
+    import asyncio
+    import contextlib
+
+    from palyra.errors import AuthenticationFailed
+
+    repo = TokenRepository(db)
+    service = TokenService(repo, InProcessCounterStore(), cache_ttl_s=5.0)
+    record, plaintext = await service.create(name="busy")
+    reads = 0
+    real = repo.find_by_hash
+
+    async def counted(token_hash: str):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)  # a database round trip, so the concurrent callers overlap
+        return await real(token_hash)
+
+    repo.find_by_hash = counted  # type: ignore[method-assign]
+    now = time.time()
+    callers = await asyncio.gather(*(service.authenticate(f"Bearer {plaintext}", now) for _ in range(50)))
+    assert reads == 1 and {c.token.token_id for c in callers} == {record.token_id}  # one read, not 50
+
+    # Within the last fifth of the TTL the cached record answers at once and a re-read starts behind it.
+    await service.authenticate(f"Bearer {plaintext}", now + 4.5)
+    await asyncio.sleep(0.05)
+    assert reads == 2
+
+    # Revocation wins over a read that was already in flight.
+    slow = asyncio.ensure_future(service.authenticate(f"Bearer {plaintext}", time.time() + 60))
+    await asyncio.sleep(0)
+    assert await service.revoke(record.token_id) is True
+    with contextlib.suppress(AuthenticationFailed):
+        await slow  # started before the revocation: whatever it read is not cached
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await service.authenticate(f"Bearer {plaintext}", time.time() + 60)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -19,8 +21,12 @@ DEFAULT_SCOPES = ("models", "chat", "embeddings", "audio")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+log = logging.getLogger("palyra.tokens")
 _NEGATIVE_TTL_S = 1.0
 _CACHE_MAX = 10_000
+# A cached token in the last fifth of its TTL is re-read in the background, so busy tokens never wait
+# for the database; an expired one is read once however many requests want it at that moment.
+_REFRESH_AHEAD = 0.8
 
 
 def parse_duration(text: str) -> float:
@@ -87,6 +93,9 @@ class TokenService:
         self._default_rate = default_rate_limit_per_minute
         # token hash -> (record or None for unknown, fetched at)
         self._cache: OrderedDict[str, tuple[TokenRecord | None, float]] = OrderedDict()
+        self._reads: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self._generation = 0  # bumped by revoke: a read that started before it is not cached
+        self._background: set[asyncio.Task[TokenRecord | None]] = set()
         self.last_used: dict[str, float] = {}
 
     async def create(
@@ -147,6 +156,7 @@ class TokenService:
 
     async def revoke(self, token_id: str) -> bool:
         changed, token_hash = await self._repo.revoke(token_id, now=time.time())
+        self._generation += 1
         if token_hash is not None:
             self._cache.pop(token_hash, None)
         return changed
@@ -196,14 +206,40 @@ class TokenService:
         if hit is not None:
             record, fetched = hit
             ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL_S)
-            if now - fetched < ttl:
+            age = now - fetched
+            if age < ttl:
+                if record is not None and age >= ttl * _REFRESH_AHEAD and token_hash not in self._reads:
+                    task = asyncio.ensure_future(self._read(token_hash))
+                    self._background.add(task)
+                    task.add_done_callback(self._background_done)
                 return record
+        return await self._read(token_hash)
+
+    async def _read(self, token_hash: str) -> TokenRecord | None:
+        """One database read per token hash at a time; concurrent callers share it."""
+        pending = self._reads.get(token_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(token_hash))
+            self._reads[token_hash] = pending
+            pending.add_done_callback(lambda _: self._reads.pop(token_hash, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, token_hash: str) -> TokenRecord | None:
+        generation = self._generation
+        fetched = time.time()
         record = await self._repo.find_by_hash(token_hash)
-        self._cache[token_hash] = (record, now)
-        self._cache.move_to_end(token_hash)
-        while len(self._cache) > _CACHE_MAX:
-            self._cache.popitem(last=False)
+        if generation == self._generation:
+            self._cache[token_hash] = (record, fetched)
+            self._cache.move_to_end(token_hash)
+            while len(self._cache) > _CACHE_MAX:
+                self._cache.popitem(last=False)
         return record
+
+    def _background_done(self, task: asyncio.Task[TokenRecord | None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Nothing waits on it; the next request past the TTL reads (and fails) in the open.
+            log.warning("background re-read of an API token failed: %s", type(task.exception()).__name__)
 
     def drain_last_used(self) -> dict[str, float]:
         used, self.last_used = self.last_used, {}

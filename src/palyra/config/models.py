@@ -31,6 +31,8 @@ class ServerConfig(Frozen):
     redis_url: str = ""
     # Every Redis key starts with palyra:{<prefix>}:; replicas of one gateway share it.
     redis_key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "gw"
+    # Connections to Redis per process; past it calls wait for a free one.
+    redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
     # With Redis: how often each replica re-reads budget policies and prices set through the admin API.
     policy_sync_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -14,6 +14,7 @@ push spend past the limit by that difference, never by the cost of requests that
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections import deque
@@ -67,8 +68,14 @@ def window_start(window: str, now: float) -> float:
         return now - ROLLING_S[window]
     if window == "total":
         return 0.0
-    dt = datetime.fromtimestamp(now, UTC)
-    day = dt.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _calendar_start(window, int(now // 86_400))
+
+
+# Calendar windows start on a UTC day boundary: their start and key depend on the day alone, so they are
+# computed once a day instead of with datetime arithmetic on every request.
+@functools.lru_cache(maxsize=64)
+def _calendar_start(window: str, day_index: int) -> float:
+    day = datetime.fromtimestamp(day_index * 86_400, UTC)
     if window == "day":
         return day.timestamp()
     if window == "week":
@@ -82,7 +89,12 @@ def window_key(window: str, now: float) -> str:
     """Names the current window: alerts are deduplicated per policy and window key."""
     if window in ROLLING_S or window == "total":
         return window
-    return datetime.fromtimestamp(window_start(window, now), UTC).strftime("%Y-%m-%d")
+    return _calendar_key(window, int(now // 86_400))
+
+
+@functools.lru_cache(maxsize=64)
+def _calendar_key(window: str, day_index: int) -> str:
+    return datetime.fromtimestamp(_calendar_start(window, day_index), UTC).strftime("%Y-%m-%d")
 
 
 @dataclass

@@ -65,4 +65,8 @@ def make_session(provider_id: str, *, pool_size: int, allow_private: bool) -> ai
     kwargs: dict[str, Any] = {"limit": pool_size, "ttl_dns_cache": 300}
     if not allow_private:
         kwargs["resolver"] = GuardedResolver(provider_id)
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(**kwargs))
+    # No cookie jar: an upstream's cookies must not ride along on other callers' requests, and
+    # filtering a jar costs every request ~10 µs for nothing.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(**kwargs), cookie_jar=aiohttp.DummyCookieJar()
+    )

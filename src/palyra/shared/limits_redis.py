@@ -8,9 +8,12 @@ counter means a slot cannot leak: a replica that crashes holding slots stops ren
 and they fall out after ``lease_ttl_s`` (default 30 s). Live holders renew every ``lease_ttl_s / 3``,
 so a stream that holds its slot for minutes keeps it. Lease times are the Redis server's clock.
 
-A waiting caller polls (10 ms doubling to 100 ms) rather than subscribing: simple, and the wait is
-bounded by ``wait_s`` anyway. ``release`` does not wait: it frees the slot locally at once and removes
-the lease in the background (if that fails, the lease expires by itself).
+Slots stay off the round trip in steady state: ``release`` hands the slot straight to a caller waiting
+on this replica, or keeps it for ``IDLE_S`` (50 ms) so the next call here takes it without asking Redis;
+only then is the lease removed, in the background (if that fails, it expires by itself). A caller that
+finds no slot waits for one released here, polling Redis (10 ms doubling to 100 ms) for one released
+elsewhere, for at most ``wait_s``. A busy replica therefore keeps its slots while it is busy; the fleet
+total never exceeds ``limit``.
 
 Redis unreachable: the limit falls back to counting this replica's own calls against ``limit``, so
 during an outage the fleet may run up to ``limit`` calls per replica; calls are not refused just
@@ -20,6 +23,7 @@ because Redis is down. ``in_flight`` is this replica's share; ``global_in_flight
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -31,6 +35,8 @@ from palyra.shared.errors import SharedStateUnavailable
 from palyra.shared.redis_state import RedisState
 
 log = logging.getLogger("palyra.shared")
+
+IDLE_S = 0.05
 
 _NOW = """
 local t = redis.call('TIME')
@@ -97,6 +103,9 @@ class RedisConcurrencyLimit:
         self._fallback = 0  # slots taken locally while Redis was unreachable
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._idle: list[str] = []  # released here, still held in Redis for up to IDLE_S
+        self._waiters: collections.deque[asyncio.Future[str]] = collections.deque()
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
@@ -108,12 +117,29 @@ class RedisConcurrencyLimit:
         return int(await self._redis.run(self._count, [self._key], []))
 
     async def acquire(self) -> None:
+        if self._idle:  # a slot this replica released a moment ago: still ours in Redis
+            self._leases.append(self._idle.pop())
+            return
         deadline = time.monotonic() + self._wait_s
         delay = 0.01
         while not await self._try_acquire():
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise self._busy()
-            await asyncio.sleep(delay)
+            # Wait for a slot released here (handed over at once) or poll Redis for one released
+            # elsewhere, whichever comes first.
+            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=min(delay, remaining))
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if not waiter.cancelled():
+                self._leases.append(waiter.result())
+                return
             delay = min(delay * 2, 0.1)
 
     def release(self) -> None:
@@ -123,15 +149,33 @@ class RedisConcurrencyLimit:
         if not self._leases:
             return
         lease = self._leases.pop()
-        try:
-            task = asyncio.get_running_loop().create_task(self._remove(lease))
-        except RuntimeError:
-            return  # no loop: the lease expires by itself
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(lease)  # straight to a caller waiting here: no round trip
+                return
+        # Kept for IDLE_S: a busy replica takes it again without a round trip; then it goes back.
+        self._idle.append(lease)
+        if self._trim_timer is None:
+            try:
+                self._trim_timer = asyncio.get_running_loop().call_later(IDLE_S, self._give_back_idle)
+            except RuntimeError:
+                self._idle.clear()  # no loop: the lease expires by itself
+
+    def _give_back_idle(self) -> None:
+        self._trim_timer = None
+        if not self._idle:
+            return
+        leases, self._idle = self._idle, []
+        task = asyncio.get_running_loop().create_task(self._remove(*leases))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
-        """Wait for background lease removals (tests, shutdown)."""
+        """Give back idle slots now and wait for the removals (tests, shutdown)."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._give_back_idle()
         while self._background:
             await asyncio.gather(*self._background)
 
@@ -171,11 +215,15 @@ class RedisConcurrencyLimit:
             except SharedStateUnavailable:
                 continue  # renewed on the next beat, re-added if it expired meanwhile
 
-    async def _remove(self, lease: str) -> None:
+    async def _remove(self, *leases: str) -> None:
         try:
-            await self._redis.command("ZREM", self._key, lease)
+            await self._redis.command("ZREM", self._key, *leases)
         except SharedStateUnavailable:
-            log.debug("could not remove lease %s of %s; it expires by itself", lease, self.provider_id)
+            log.debug(
+                "could not give back %d slot(s) of %s; they expire by themselves",
+                len(leases),
+                self.provider_id,
+            )
 
     def _busy(self) -> NoHealthyProvider:
         return NoHealthyProvider(

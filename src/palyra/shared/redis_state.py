@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -31,6 +31,7 @@ from palyra.shared.state import DEFAULT_PREFIX
 log = logging.getLogger("palyra.shared")
 
 UNAVAILABLE = "shared_state_unavailable"
+POOL_WAIT_S = 5.0
 
 
 class RedisState:
@@ -50,20 +51,26 @@ class RedisState:
         prefix: str = DEFAULT_PREFIX,
         timeout_s: float = 0.5,
         fail_fast_s: float = 0.5,
+        max_connections: int = 64,
     ) -> RedisState:
         """A client with short timeouts and one quick retry on a dropped connection.
 
         Every script is safe to run twice (reservations and settlements are keyed by their id), so the
         retry after a connection lost mid-reply cannot double count.
         """
-        client = Redis.from_url(
+        # A blocking pool: past ``max_connections`` a call waits for a free connection (a burst of a
+        # thousand streams queues for a moment) instead of failing as if Redis were down.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=POOL_WAIT_S,
             decode_responses=True,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
             health_check_interval=15,
         )
+        client = Redis(connection_pool=pool)
         return cls(client, prefix=prefix, fail_fast_s=fail_fast_s)
 
     def key(self, *parts: str) -> str:

@@ -42,13 +42,15 @@ class SharedState:
         self._limits: list[RedisConcurrencyLimit] = []
 
     @classmethod
-    def from_url(cls, redis_url: str, *, prefix: str = DEFAULT_PREFIX) -> SharedState:
+    def from_url(
+        cls, redis_url: str, *, prefix: str = DEFAULT_PREFIX, max_connections: int = 64
+    ) -> SharedState:
         """``redis_url`` as configured (``server.redis_url``): empty means in process."""
         if not redis_url:
             return cls(None)
         from palyra.shared.redis_state import RedisState
 
-        return cls(RedisState.from_url(redis_url, prefix=prefix))
+        return cls(RedisState.from_url(redis_url, prefix=prefix, max_connections=max_connections))
 
     @property
     def shared(self) -> bool:
