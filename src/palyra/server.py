@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from palyra.app import Components, build_app
 from palyra.config.models import PalyraConfig
 from palyra.logs import configure_logging
 from palyra.vault.errors import VaultError
+
+# How the supervisor hands the resolved configuration to its worker processes.
+WORKER_CONFIG_ENV = "PALYRA_WORKER_CONFIG"
 
 
 def serve(config: PalyraConfig, *, announce: bool = True) -> None:
@@ -26,21 +32,34 @@ def serve(config: PalyraConfig, *, announce: bool = True) -> None:
         print(f"palyra: database {c.db.url.split('://')[0]}  admin token from {c.admin_token_source}")
         print("palyra: get an API token with: palyra tokens create --name my-app")
         sys.stdout.flush()
-    uv_config = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=int(config.server.graceful_shutdown_s),
-        timeout_keep_alive=30,
-        backlog=4096,
-    )
+    options: dict[str, Any] = {
+        "host": config.server.host,
+        "port": config.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+        "timeout_graceful_shutdown": int(config.server.graceful_shutdown_s),
+        "timeout_keep_alive": 30,
+        "backlog": 4096,
+    }
+    if config.server.workers > 1:
+        # A supervisor and N worker processes on one port; each builds its own app from the resolved
+        # configuration (migrations already ran above, in this process).
+        os.environ[WORKER_CONFIG_ENV] = config.model_dump_json()
+        uvicorn.run("palyra.server:worker_app", factory=True, workers=config.server.workers, **options)
+        return
+    uv_config = uvicorn.Config(app, **options)
     uvicorn.Server(uv_config).run()
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (``server.workers`` > 1)."""
+    config = PalyraConfig.model_validate_json(os.environ[WORKER_CONFIG_ENV])
+    configure_logging(config.server.log_level)
+    return build_app(config)
 
 
 async def _preflight(c: Components) -> None:

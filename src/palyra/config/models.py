@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from palyra.netguard import UnsafeUrl, validate_base_url
 
@@ -53,6 +53,8 @@ class ServerConfig(Frozen):
     graceful_shutdown_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     # The address users reach Palyra at (behind a proxy); OAuth callbacks are built from it.
     public_base_url: str = ""
+    # Worker processes sharing the port (SO_REUSEPORT); more than one needs redis_url.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
 
     @field_validator("database_url")
     @classmethod
@@ -61,6 +63,16 @@ class ServerConfig(Frozen):
         if v and not v.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError(
                 "must be empty (SQLite in state_dir), sqlite:///PATH or postgresql://user@host/db"
+            )
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int, info: ValidationInfo) -> int:
+        if v > 1 and not info.data.get("redis_url"):
+            raise ValueError(
+                "more than one worker needs server.redis_url: rate limits, budgets, breakers and provider "
+                "slots must be shared between the workers (or set workers = 1)"
             )
         return v
 
