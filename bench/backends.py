@@ -22,7 +22,7 @@ import asyncpg
 
 from daemon_proc import Daemon
 
-BACKENDS = ("embedded", "postgres", "postgres+redis")
+BACKENDS = ("embedded", "embedded+redis", "postgres", "postgres+redis")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,7 +41,7 @@ class Backend:
 def backend(name: str, database_url: str, redis_url: str) -> Backend:
     if name == "embedded":
         return Backend(name)
-    return Backend(name, database_url, redis_url if name == "postgres+redis" else "")
+    return Backend(name, database_url, redis_url if name.endswith("+redis") else "")
 
 
 async def _pg(url: str, sql: str) -> str:

@@ -167,6 +167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "measure the same code while the working tree changes; reported with a digest of its .py files",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Palyra's server.workers (more than one needs a +redis backend; with --no-pin the workers "
+        "share both CPUs with the client and the mock)",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="do not pin the gateways, the client and the mock upstream to CPUs",
@@ -411,6 +418,7 @@ def bench_deterministic(
             database_schema=schema,
             source_dir=args.source_dir,
             redis_url=where.redis_url,
+            workers=args.workers,
         )
         daemon = stack.enter_context(Daemon(spec))
         say(

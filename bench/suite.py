@@ -400,6 +400,7 @@ def run_suite(
             upstream_max_concurrency=max(64, args.concurrency, args.open_streams + 64),
             redis_url=backend.redis_url,
             redis_key_prefix=prefix,
+            workers=args.workers,
         )
         daemon = stack.enter_context(Daemon(spec))
         palyra.rss_idle_kib = tree_rss_kib(daemon.pid)

@@ -34,9 +34,11 @@ their estimates. Two things add to that here, both documented operator trade-off
 
 Failure mode: with Redis unreachable ``reserve`` raises ``SharedStateUnavailable``
 (``budget_store_unavailable``, HTTP 503): budgets fail closed. ``settle`` never raises: it queues the
-settlement in memory (at most ``retry_queue_max``) and a background task sends it, retrying with
-backoff until Redis returns; holds made before the outage keep counting meanwhile. ``reserve`` and
-``load_all`` first send this replica's queued settlements, so a replica reads its own writes.
+settlement in memory (at most ``retry_queue_max``) and a background task sends it, in batches of up to
+256 per round trip, retrying with backoff until Redis returns; holds made before the outage keep
+counting meanwhile. ``reserve`` does not wait for this replica's queued settlements (their holds still
+count, which errs on the safe side) unless a budget would block it: then it sends them and asks once
+more, so a replica still reads its own writes where it matters. ``load_all`` always sends them first.
 ``status`` is synchronous and reports what this replica last read (on ``reserve`` and ``load_all``).
 """
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -52,6 +55,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from palyra.errors import BudgetExceeded
 from palyra.governance.budgets import (
@@ -79,6 +83,7 @@ SETTLED_KEEP_S = 86_400.0  # how long a settled reservation id is remembered (re
 _DAY_MS = 86_400_000
 _CALENDAR_TTL_MS = {"day": 3 * _DAY_MS, "week": 9 * _DAY_MS, "month": 33 * _DAY_MS}
 _LOAD_LOCK_MS = 30_000
+_BATCH = 256  # settlements per round trip
 _MAX_REFUSALS = 20  # a settlement Redis rejects this often (not an outage) is dropped, loudly
 
 _LUA_PRELUDE = """
@@ -317,9 +322,9 @@ class RedisBudgetLedger(BudgetLedger):
     async def reserve(self, who: Attribution, estimate: Estimate) -> Reservation:
         policies = self.applicable(who)
         if self._pending:
-            # Read our own settlements first. If Redis is down the reservation below fails closed.
-            with contextlib.suppress(SharedStateUnavailable):
-                await self.flush()
+            # Not awaited: until a settlement lands its hold (the estimate) still counts, which errs
+            # on the safe side; waiting here would queue every reservation behind the whole backlog.
+            self._kick()
         now = self._clock()
         holds: list[tuple[Policy, float]] = []
         for policy in policies:
@@ -338,17 +343,13 @@ class RedisBudgetLedger(BudgetLedger):
         for (policy, amount), account in zip(holds, accounts, strict=True):
             keys += [account.key, account.index, self._reserved_key(policy)]
             args += [_num(amount), _limit(policy.hard_limit), _limit(policy.soft_limit), account.horizon]
-        for _ in range(3):
-            reply = await self._redis.run(self._reserve_script, keys, args, code=BUDGET_UNAVAILABLE)
-            if text(reply[0]) != "unloaded":
-                break
-            index = int(text(reply[1])) - 1  # Redis lost the account (restart): load it again
-            self._loaded.pop(_policy_key(holds[index][0]), None)
-            await self._load_account(holds[index][0], accounts[index], now)
-        else:
-            raise SharedStateUnavailable(
-                "budget state keeps disappearing from Redis; retry shortly", code=BUDGET_UNAVAILABLE
-            )
+        reply = await self._reserve_once(keys, args, holds, accounts, now)
+        if text(reply[0]) == "blocked" and self._pending:
+            # Close to the limit: this replica's own unsent settlements may free the room (their
+            # holds are estimates); send them and ask once more.
+            with contextlib.suppress(SharedStateUnavailable):
+                await self.flush()
+            reply = await self._reserve_once(keys, args, holds, accounts, now)
         if text(reply[0]) == "blocked":
             policy, amount = holds[int(text(reply[1])) - 1]
             spent, reserved = float(text(reply[2])), float(text(reply[3]))
@@ -372,6 +373,25 @@ class RedisBudgetLedger(BudgetLedger):
         for policy, spent in crossed:
             self._on_soft(policy, window_key(policy.window, now), spent, policy.soft_limit or 0)
         return reservation
+
+    async def _reserve_once(
+        self,
+        keys: list[str],
+        args: list[str | int | float],
+        holds: list[tuple[Policy, float]],
+        accounts: list[_Account],
+        now: float,
+    ) -> Any:
+        for _ in range(3):
+            reply = await self._redis.run(self._reserve_script, keys, args, code=BUDGET_UNAVAILABLE)
+            if text(reply[0]) != "unloaded":
+                return reply
+            index = int(text(reply[1])) - 1  # Redis lost the account (restart): load it again
+            self._loaded.pop(_policy_key(holds[index][0]), None)
+            await self._load_account(holds[index][0], accounts[index], now)
+        raise SharedStateUnavailable(
+            "budget state keeps disappearing from Redis; retry shortly", code=BUDGET_UNAVAILABLE
+        )
 
     # --- settle --------------------------------------------------------------------------------
 
@@ -438,31 +458,38 @@ class RedisBudgetLedger(BudgetLedger):
         self._drainer = loop.create_task(self._drain())
 
     async def _drain(self) -> bool:
-        """Send the queue in order; settlements commute, so one Redis refuses goes to the back."""
+        """Send the queue in batches of ``_BATCH`` (one round trip each, however many requests settled
+        meanwhile); settlements commute, so one Redis refuses goes to the back."""
         refused_in_a_row = 0
         while self._pending and refused_in_a_row < len(self._pending):
-            item = self._pending[0]
-            if time.monotonic() - item.queued_at > SETTLED_KEEP_S - 3600:
+            now = time.monotonic()
+            while self._pending and now - self._pending[0].queued_at > SETTLED_KEEP_S - 3600:
                 # Redis would no longer recognise a retry of it; sending it now could count it twice.
-                log.error("budget settlement %s is too old to retry; dropped", item.reservation_id)
+                log.error(
+                    "budget settlement %s is too old to retry; dropped", self._pending[0].reservation_id
+                )
                 self._pending.popleft()
-                continue
+            batch = list(itertools.islice(self._pending, _BATCH))
+            if not batch:
+                break
             try:
-                await self._redis.run(self._settle_script, item.keys, item.args, code=BUDGET_UNAVAILABLE)
+                replies = await self._redis.run_many(
+                    self._settle_script, [(item.keys, item.args) for item in batch], code=BUDGET_UNAVAILABLE
+                )
             except SharedStateUnavailable as exc:
                 if exc.transient:  # an outage: everything behind it would fail the same way
                     self._schedule_retry()
                     return False
-                refused_in_a_row += 1
-                self._refused(item)
-                continue
-            except Exception:
-                log.exception("sending budget settlement %s failed", item.reservation_id)
-                refused_in_a_row += 1
-                self._refused(item)
-                continue
-            refused_in_a_row = 0
-            self._remove(item)
+                replies = [exc] * len(batch)
+            for item, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, SharedStateUnavailable):
+                        log.error("sending budget settlement %s failed: %s", item.reservation_id, reply)
+                    refused_in_a_row += 1
+                    self._refused(item)
+                else:
+                    refused_in_a_row = 0
+                    self._remove(item)
         if self._pending:
             self._schedule_retry()
             return False

@@ -103,7 +103,7 @@ class RedisConcurrencyLimit:
         self._fallback = 0  # slots taken locally while Redis was unreachable
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._idle: list[str] = []  # released here, still held in Redis for up to IDLE_S
+        self._idle: list[tuple[str, float]] = []  # (lease, released at): still held in Redis, oldest first
         self._waiters: collections.deque[asyncio.Future[str]] = collections.deque()
         self._trim_timer: asyncio.TimerHandle | None = None
 
@@ -118,7 +118,7 @@ class RedisConcurrencyLimit:
 
     async def acquire(self) -> None:
         if self._idle:  # a slot this replica released a moment ago: still ours in Redis
-            self._leases.append(self._idle.pop())
+            self._leases.append(self._idle.pop()[0])
             return
         deadline = time.monotonic() + self._wait_s
         delay = 0.01
@@ -155,19 +155,26 @@ class RedisConcurrencyLimit:
                 waiter.set_result(lease)  # straight to a caller waiting here: no round trip
                 return
         # Kept for IDLE_S: a busy replica takes it again without a round trip; then it goes back.
-        self._idle.append(lease)
+        self._idle.append((lease, time.monotonic()))
         if self._trim_timer is None:
             try:
                 self._trim_timer = asyncio.get_running_loop().call_later(IDLE_S, self._give_back_idle)
             except RuntimeError:
                 self._idle.clear()  # no loop: the lease expires by itself
 
-    def _give_back_idle(self) -> None:
+    def _give_back_idle(self, everything: bool = False) -> None:
+        """Give back the slots idle for IDLE_S (all of them with ``everything``); the most recently
+        released are taken first, so under steady load the same few stay and the rest go back."""
         self._trim_timer = None
-        if not self._idle:
+        cutoff = time.monotonic() - IDLE_S
+        stale = [lease for lease, since in self._idle if everything or since <= cutoff]
+        self._idle = [] if everything else [(lease, since) for lease, since in self._idle if since > cutoff]
+        if self._idle:
+            delay = max(0.0, self._idle[0][1] - cutoff)
+            self._trim_timer = asyncio.get_running_loop().call_later(delay, self._give_back_idle)
+        if not stale:
             return
-        leases, self._idle = self._idle, []
-        task = asyncio.get_running_loop().create_task(self._remove(*leases))
+        task = asyncio.get_running_loop().create_task(self._remove(*stale))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -175,7 +182,7 @@ class RedisConcurrencyLimit:
         """Give back idle slots now and wait for the removals (tests, shutdown)."""
         if self._trim_timer is not None:
             self._trim_timer.cancel()
-        self._give_back_idle()
+        self._give_back_idle(everything=True)
         while self._background:
             await asyncio.gather(*self._background)
 

@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from palyra.shared.errors import SharedStateUnavailable
@@ -99,6 +99,42 @@ class RedisState:
             raise self._failed(exc, code) from exc
         self._recovered()
         return result
+
+    async def run_many(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]],
+        *,
+        code: str = UNAVAILABLE,
+    ) -> list[Any]:
+        """Run ``script`` once per (keys, args) in one round trip (a pipeline, not a transaction).
+
+        Raises ``SharedStateUnavailable`` if Redis cannot be reached; a call the script itself refused
+        comes back as its exception in the list, the others' replies beside it.
+        """
+        self._check(code)
+        try:
+            results = await self._evalsha_all(script, calls)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # first use on this Redis, or it restarted: load the script, run those again
+                await self.client.script_load(script.script)
+                again = await self._evalsha_all(script, [calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    results[i] = reply
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc, code) from exc
+        self._recovered()
+        return results
+
+    async def _evalsha_all(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]]
+    ) -> list[Any]:
+        # EVALSHA by hand: redis-py's scripts in a pipeline first ask SCRIPT EXISTS, a round trip more.
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def command(self, *args: str | int | float, code: str = SharedStateUnavailable.code or "") -> Any:
         self._check(code)
