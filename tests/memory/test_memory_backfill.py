@@ -197,3 +197,15 @@ async def test_when_nothing_embeds_the_run_fails_and_marks_nothing(
     assert all(i.embedding_error is None for i in await store.list("a"))
     embedder.refuse = "never matches"
     assert (await run_backfill(store, 64))["updated"] == 3
+
+
+async def test_no_embeddings_model_configured_is_a_quiet_skip(
+    db: Database, embedder: FakeEmbedder, clock: Clock
+) -> None:
+    def unconfigured() -> tuple[str, int | None]:
+        raise InvalidRequest("no default embeddings model is configured", code="embeddings_unavailable")
+
+    store = MemoryStore(db, embedder, target_model=unconfigured, clock=clock)
+    summary = await run_backfill(store, 64)
+    assert summary["skipped"].startswith("no default embeddings model") and summary["purged"] == 0
+    assert embedder.calls == []

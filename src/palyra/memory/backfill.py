@@ -45,7 +45,10 @@ async def run_backfill(store: MemoryStore, batch_size: int, *, max_batches: int 
     db = store.db
     now = store.clock()
     purged, _ = await purge_expired(db, now)
-    model, dims = store.target_model()
+    try:
+        model, dims = store.target_model()
+    except InvalidRequest as exc:  # no embeddings model configured: nothing to do, not a failure
+        return {"skipped": exc.message, "purged": purged}
     pending_filter = store.pending_filter(model, dims)
     c = memory_items.c
     oldest_pending = (
