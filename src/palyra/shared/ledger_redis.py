@@ -35,10 +35,11 @@ their estimates. Two things add to that here, both documented operator trade-off
 Failure mode: with Redis unreachable ``reserve`` raises ``SharedStateUnavailable``
 (``budget_store_unavailable``, HTTP 503): budgets fail closed. ``settle`` never raises: it queues the
 settlement in memory (at most ``retry_queue_max``) and a background task sends it, in batches of up to
-256 per round trip, retrying with backoff until Redis returns; holds made before the outage keep
-counting meanwhile. ``reserve`` does not wait for this replica's queued settlements (their holds still
-count, which errs on the safe side) unless a budget would block it: then it sends them and asks once
-more, so a replica still reads its own writes where it matters. ``load_all`` always sends them first.
+256 per round trip (5 ms after the first is queued), retrying with backoff until Redis returns; holds
+made before the outage keep counting meanwhile. ``reserve`` does not wait for this replica's queued
+settlements (their holds still count, which errs on the safe side) unless a budget would block it:
+then it sends them and asks once more, so a replica still reads its own writes where it matters.
+``load_all`` always sends them first.
 ``status`` is synchronous and reports what this replica last read (on ``reserve`` and ``load_all``).
 """
 
@@ -84,6 +85,7 @@ _DAY_MS = 86_400_000
 _CALENDAR_TTL_MS = {"day": 3 * _DAY_MS, "week": 9 * _DAY_MS, "month": 33 * _DAY_MS}
 _LOAD_LOCK_MS = 30_000
 _BATCH = 256  # settlements per round trip
+SETTLE_COALESCE_S = 0.005
 _MAX_REFUSALS = 20  # a settlement Redis rejects this often (not an outage) is dropped, loudly
 
 _LUA_PRELUDE = """
@@ -303,6 +305,7 @@ class RedisBudgetLedger(BudgetLedger):
         self._snapshots: dict[str, tuple[str, float, float]] = {}  # policy id -> (window, spent, reserved)
         self._pending: deque[_Settlement] = deque()
         self._drainer: asyncio.Task[bool] | None = None
+        self._coalescing: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._send_failures = 0
         self._closed = False
@@ -321,10 +324,9 @@ class RedisBudgetLedger(BudgetLedger):
 
     async def reserve(self, who: Attribution, estimate: Estimate) -> Reservation:
         policies = self.applicable(who)
-        if self._pending:
-            # Not awaited: until a settlement lands its hold (the estimate) still counts, which errs
-            # on the safe side; waiting here would queue every reservation behind the whole backlog.
-            self._kick()
+        # This replica's unsent settlements are not awaited: until one lands its hold (the estimate)
+        # still counts, which errs on the safe side; waiting here would queue every reservation
+        # behind the whole backlog.
         now = self._clock()
         holds: list[tuple[Policy, float]] = []
         for policy in policies:
@@ -446,6 +448,16 @@ class RedisBudgetLedger(BudgetLedger):
                 dropped.reservation_id,
             )
         self._pending.append(item)
+        if self._coalescing is None and not self._closed:
+            # A few milliseconds' grace: the settlements of concurrent requests leave in one round
+            # trip, and a request's own settlement is not sent while its response is being written.
+            try:
+                self._coalescing = asyncio.get_running_loop().call_later(SETTLE_COALESCE_S, self._send_now)
+            except RuntimeError:
+                return  # no loop (a synchronous caller): the next flush() sends it
+
+    def _send_now(self) -> None:
+        self._coalescing = None
         self._kick()
 
     def _kick(self) -> None:
@@ -580,6 +592,9 @@ class RedisBudgetLedger(BudgetLedger):
         except (SharedStateUnavailable, TimeoutError):
             log.error("shutting down with %d budget settlement(s) not sent to Redis", len(self._pending))
         self._closed = True
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
