@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,30 @@ def palyra_command() -> list[str]:
     """The `palyra` entry point next to this interpreter, else `python -m palyra`."""
     script = Path(sys.executable).parent / "palyra"
     return [str(script)] if script.exists() else [sys.executable, "-m", "palyra"]
+
+
+def wait_answering(
+    url: str,
+    *,
+    alive: Callable[[], bool],
+    what: str,
+    last_words: Callable[[], str],
+    timeout_s: float,
+    poll_s: float,
+) -> None:
+    """Until ``url`` answers 200: raise if the process dies first (with its last output) or on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"{what} exited during start-up:\n{last_words()}")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(url, timeout=1.0) as resp,
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(poll_s)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
 
 
 def free_port() -> int:
@@ -178,18 +203,14 @@ class Daemon:
         self.token = self.create_token()
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the daemon exited during start-up:\n{self.stderr_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"/healthz did not answer 200 within {HEALTH_TIMEOUT_S:.0f} s")
+        wait_answering(
+            self.base_url + "/healthz",
+            alive=self.alive,
+            what="the daemon",
+            last_words=self.stderr_tail,
+            timeout_s=HEALTH_TIMEOUT_S,
+            poll_s=0.05,
+        )
 
     def create_token(self) -> str:
         cmd = [*palyra_command(), "tokens", "create", "--name", "bench", "--config", str(self.config_path)]

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from daemon_proc import UPSTREAM_KEY, UPSTREAM_MODEL, free_port
+from daemon_proc import UPSTREAM_KEY, UPSTREAM_MODEL, free_port, wait_answering
 
 VENV = Path(__file__).resolve().parent / ".litellm-venv"
 START_TIMEOUT_S = 120.0  # the proxy imports a great deal before it listens
@@ -133,18 +133,14 @@ class LiteLLMProxy:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the LiteLLM proxy exited during start-up:\n{self.log_tail()}")
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(self.base_url + "/health/liveliness", timeout=1.0) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the LiteLLM proxy did not answer within {START_TIMEOUT_S:.0f} s")
+        wait_answering(
+            self.base_url + "/health/liveliness",
+            alive=self.alive,
+            what="the LiteLLM proxy",
+            last_words=self.log_tail,
+            timeout_s=START_TIMEOUT_S,
+            poll_s=0.2,
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -346,18 +345,16 @@ class MockUpstream:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the mock upstream exited during start-up:\n{self.stderr_text()}")
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(self.base_url + "/v1/models", timeout=1.0) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"the mock upstream did not answer within {START_TIMEOUT_S:.0f} s")
+        from daemon_proc import wait_answering  # the harness side only, not the mock server
+
+        wait_answering(
+            self.base_url + "/v1/models",
+            alive=self.alive,
+            what="the mock upstream",
+            last_words=self.stderr_text,
+            timeout_s=START_TIMEOUT_S,
+            poll_s=0.05,
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
