@@ -75,7 +75,10 @@ def check(r: httpx.Response) -> None:
         return
     assert r.headers.get("x-request-id", "").startswith("req_")
     if r.headers.get("content-type", "").startswith("text/event-stream"):
-        frames = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        # SSE lines end at CR, LF or CRLF only: str.splitlines would also split inside a JSON string
+        # holding U+2028, U+0085…, which JSON (and so the frame) carries unescaped.
+        lines = r.text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        frames = [line[6:] for line in lines if line.startswith("data: ")]
         assert frames, r.text[:500]
         assert frames[-1] == "[DONE]" or '"error"' in frames[-1], r.text[:500]
         for frame in frames[:-1]:
