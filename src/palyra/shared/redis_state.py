@@ -47,7 +47,7 @@ class RedisState:
         *,
         prefix: str = DEFAULT_PREFIX,
         fail_fast_s: float = 0.5,
-        pipe: RespPipe | None = None,
+        pipe: RespPipe,
     ) -> None:
         self.client = client  # redis-py: for what is not on the request path (SCAN, tests)
         self.pipe = pipe
@@ -108,10 +108,7 @@ class RedisState:
     ) -> Any:
         self._check(code)
         try:
-            if self.pipe is None:
-                result = await script(keys=list(keys), args=list(args))
-            else:
-                result = await self._evalsha(script, keys, args)
+            result = await self._evalsha(script, keys, args)
         except (RedisError, OSError) as exc:
             raise self._failed(exc, code) from exc
         self._recovered()
@@ -120,7 +117,6 @@ class RedisState:
     async def _evalsha(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float]
     ) -> Any:
-        assert self.pipe is not None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         for attempt in range(2):
             try:
@@ -152,10 +148,7 @@ class RedisState:
             results = await self._evalsha_all(script, calls)
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:  # first use on this Redis, or it restarted: load the script, run those again
-                if self.pipe is not None:
-                    await self.pipe.call("SCRIPT", "LOAD", _source(script))
-                else:
-                    await self.client.script_load(script.script)
+                await self.pipe.call("SCRIPT", "LOAD", _source(script))
                 again = await self._evalsha_all(script, [calls[i] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     results[i] = reply
@@ -168,26 +161,16 @@ class RedisState:
         self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]]
     ) -> list[Any]:
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
-        if self.pipe is not None:
-            replies = await self.pipe.call_many(commands)
-            for reply in replies:  # a lost connection fails the whole batch; a refused call, itself
-                if isinstance(reply, RedisConnectionError | RedisTimeoutError):
-                    raise reply
-            return replies
-        # EVALSHA by hand: redis-py's scripts in a pipeline first ask SCRIPT EXISTS, a round trip more.
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+        replies = await self.pipe.call_many(commands)
+        for reply in replies:  # a lost connection fails the whole batch; a refused call, itself
+            if isinstance(reply, RedisConnectionError | RedisTimeoutError):
+                raise reply
+        return replies
 
     async def command(self, *args: str | int | float, code: str = SharedStateUnavailable.code or "") -> Any:
         self._check(code)
         try:
-            if self.pipe is not None:
-                result = await self.pipe.call(*args)
-            else:
-                result = await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+            result = await self.pipe.call(*args)
         except (RedisError, OSError) as exc:
             raise self._failed(exc, code) from exc
         self._recovered()
@@ -209,8 +192,7 @@ class RedisState:
         return removed
 
     async def aclose(self) -> None:
-        if self.pipe is not None:
-            await self.pipe.close()
+        await self.pipe.close()
         await self.client.aclose()
 
     def _check(self, code: str) -> None:
