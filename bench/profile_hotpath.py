@@ -1,12 +1,14 @@
 """Profile the daemon's hot path under load with py-spy: where does a /v1 request's time go?
 
     .venv/bin/python bench/profile_hotpath.py [--seconds 10] [--concurrency 64] [--model deterministic]
-        [--out /tmp/palyra-profile]
+        [--upstream] [--out /tmp/palyra-profile]
 
 Starts a daemon on the embedded default (deterministic provider, full path: token auth, routing,
 budget reservation, cost, journal), drives it with a closed-loop aiohttp client pinned to the other
 core, records the daemon with ``py-spy record`` (speedscope JSON and a collapsed-stack text file), and
 prints the twenty functions with the most samples, self and inclusive. Needs py-spy (dev extra).
+With ``--upstream``, the proxied path instead: the bench's mock upstream on the load generator's core
+and the bench suite's config (an openai_compatible provider, gpt-4o-mini, a global USD budget).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from daemon_proc import UPSTREAM_KEY, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, upstream_config
+from mock_upstream import MockSettings, MockUpstream
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = orjson.dumps(
@@ -104,6 +109,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--model", default="deterministic")
+    parser.add_argument(
+        "--upstream",
+        action="store_true",
+        help="the proxied path: a mock OpenAI-compatible upstream on the other core, model gpt-4o-mini",
+    )
     parser.add_argument("--no-profile", action="store_true", help="only measure CPU per request")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "palyra-profile")
     args = parser.parse_args()
@@ -114,12 +124,16 @@ def main() -> None:
     admin = "admin-" + secrets.token_hex(8)
     env = {**os.environ, "PALYRA_ADMIN_TOKEN": admin}
     env.pop("PALYRA_CONFIG", None)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "palyra", "serve", "--port", str(port), "--state-dir", str(state)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "palyra", "serve", "--port", str(port), "--state-dir", str(state)]
+    stack = contextlib.ExitStack()
+    if args.upstream:
+        mock = stack.enter_context(MockUpstream(free_port(), MockSettings(chunks=20, delay_ms=0), cpu=1))
+        config = state / "palyra.toml"
+        config.write_text("\n".join(upstream_config(mock.base_url + "/v1")) + "\n", encoding="utf-8")
+        env[UPSTREAM_KEY_ENV] = UPSTREAM_KEY
+        cmd += ["--config", str(config)]
+        args.model = UPSTREAM_MODEL
+    daemon = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         os.sched_setaffinity(daemon.pid, {0})
@@ -163,6 +177,7 @@ def main() -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
+        stack.close()
         shutil.rmtree(state, ignore_errors=True)
 
 

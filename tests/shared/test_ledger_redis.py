@@ -163,9 +163,10 @@ async def test_reserving_twice_with_one_id_holds_once(redis_factory) -> None:
     assert await state.command("HGET", hold, "state") == "held"
     keys = [state.key("bud", "holds"), hold]
     account = ledger._account(POLICY, ledger._clock())
-    keys += [account.key, account.index, ledger._reserved_key(POLICY)]
+    keys += [account.key, account.index, ledger._reserved_key(POLICY), state.key("bud", "lease", "test")]
     now_ms = int(ledger._clock() * 1000)
-    await state.run(ledger._reserve_script, keys, [now_ms, now_ms + 60_000, 120_000, 1, "0.4", "1.0", "", ""])
+    args = [now_ms, now_ms + 60_000, 120_000, 1, "0.4", "1.0", "", "", "0", "0"]
+    await state.run(ledger._reserve_script, keys, args)
     assert await _spent_reserved(ledger) == (pytest.approx(0.0), pytest.approx(0.4))
 
 
@@ -174,7 +175,7 @@ async def test_a_settlement_redis_refuses_does_not_block_the_others(redis_factor
     bad = await ledger.reserve(WHO, Estimate(usd=0.3, tokens=0))
     good = await ledger.reserve(WHO, Estimate(usd=0.2, tokens=0))
     ledger.settle(bad, 0.3, 0)
-    ledger._pending[-1].args[2] = "not-a-number"  # a settlement the script rejects before writing
+    ledger._pending[-1].args[3] = "not-a-number"  # a settlement the script rejects before writing
     ledger.settle(good, 0.1, 0)
     with pytest.raises(SharedStateUnavailable):
         await ledger.flush()
@@ -183,3 +184,126 @@ async def test_a_settlement_redis_refuses_does_not_block_the_others(redis_factor
     assert await _spent_reserved(ledger) == (pytest.approx(0.1), pytest.approx(0.3))
     await ledger.reserve(WHO, Estimate(usd=0.5, tokens=0))  # reservations are not blocked by it
     await ledger.aclose(timeout_s=0.5)
+
+
+# --- allowances: room a replica takes ahead of need, far from a limit --------------------------------
+
+BIG = Policy("p", "global", "usd", "day", None, 100.0)
+
+
+def _big_ledger(state, **options) -> RedisBudgetLedger:
+    return RedisBudgetLedger([BIG], _noload, lambda *_: None, redis=state, **options)
+
+
+async def _big_spent_reserved(ledger: RedisBudgetLedger) -> tuple[float, float]:
+    await ledger.load_all()
+    status = ledger.status(BIG)
+    return float(status["spent"] or 0.0), float(status["reserved"] or 0.0)
+
+
+async def test_far_from_the_limit_reservations_draw_on_an_allowance(redis_factory) -> None:
+    ledger = _big_ledger(redis_factory())
+    first = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert not first.draws  # asked Redis, and took room for 32 more like it
+    assert await _big_spent_reserved(ledger) == (pytest.approx(0.0), pytest.approx(0.01 + 0.32))
+    drawn = [await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0)) for _ in range(32)]
+    assert all(r.draws for r in drawn)  # no round trip for these
+    again = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert not again.draws  # the allowance ran out: Redis again (and a top-up)
+    for r in [first, *drawn, again]:
+        ledger.settle(r, 0.005, 0)
+    await ledger.flush()
+    spent, reserved = await _big_spent_reserved(ledger)
+    assert spent == pytest.approx(34 * 0.005)
+    assert reserved == pytest.approx(0.32)  # the top-up, not drawn on yet
+    await ledger.give_back_allowances()
+    assert await _big_spent_reserved(ledger) == (pytest.approx(34 * 0.005), pytest.approx(0.0))
+    await ledger.aclose()
+
+
+async def test_an_idle_allowance_goes_back_to_the_fleet(redis_factory) -> None:
+    ledger = _big_ledger(redis_factory())
+    r = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    ledger.settle(r, 0.01, 0)
+    await ledger.flush()
+    assert (await _big_spent_reserved(ledger))[1] == pytest.approx(0.32)
+    await asyncio.sleep(2.2)  # ALLOWANCE_IDLE_S, checked every second
+    assert await _big_spent_reserved(ledger) == (pytest.approx(0.01), pytest.approx(0.0))
+    await ledger.aclose()
+
+
+async def test_close_to_a_limit_every_reservation_asks_redis(redis_factory) -> None:
+    ledger = _ledger(redis_factory())  # 1.0 USD: room for five 0.2 requests, none to spare
+    held = [await ledger.reserve(WHO, Estimate(usd=0.2, tokens=0)) for _ in range(5)]
+    assert not any(r.draws for r in held)
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(WHO, Estimate(usd=0.2, tokens=0))
+    await ledger.aclose()
+
+
+async def test_allowances_never_let_replicas_exceed_a_hard_limit(redis_factory) -> None:
+    limit = Policy("p", "global", "usd", "day", None, 2.0)
+    replicas = [RedisBudgetLedger([limit], _noload, lambda *_: None, redis=redis_factory()) for _ in range(3)]
+    admitted = []
+
+    async def client(ledger: RedisBudgetLedger) -> None:
+        for _ in range(200):
+            try:
+                admitted.append((ledger, await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))))
+            except BudgetExceeded:
+                return
+
+    await asyncio.gather(*(client(ledger) for ledger in replicas for _ in range(8)))
+    assert any(r.draws for _, r in admitted)  # allowances were in play
+    assert 0.01 * len(admitted) <= 2.0 + 1e-9  # never more admitted than the limit has room for
+    assert len(admitted) >= 190  # and at most a few requests' worth blocked early (other replicas')
+    for ledger, r in admitted:
+        ledger.settle(r, 0.01, 0)
+    for ledger in replicas:
+        await ledger.give_back_allowances()
+        await ledger.flush()
+    status = replicas[0]
+    await status.load_all()
+    assert status.status(limit)["spent"] == pytest.approx(0.01 * len(admitted))
+    assert status.status(limit)["reserved"] == pytest.approx(0.0)
+    for ledger in replicas:
+        await ledger.aclose()
+
+
+async def test_a_resent_draw_settlement_counts_once(redis_factory) -> None:
+    ledger = _big_ledger(redis_factory())
+    await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    drawn = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert drawn.draws
+    ledger.settle(drawn, 0.004, 0)
+    item = ledger._pending[-1]
+    await ledger.flush()
+    ledger._pending.append(item)  # the reply was lost: the drainer sends it again
+    await ledger.flush()
+    assert (await _big_spent_reserved(ledger))[0] == pytest.approx(0.004)
+    await ledger.aclose()
+
+
+async def test_no_draws_once_the_connection_to_redis_is_lost(redis_factory) -> None:
+    state = redis_factory()
+    ledger = _big_ledger(state)
+    await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert (await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))).draws
+    await state.pipe.close()  # what a Redis restart looks like from here
+    # the room may be gone with Redis' data: the next reservation asks again (and reconnects)
+    assert not (await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))).draws
+    await ledger.aclose()
+
+
+async def test_a_draw_on_a_lease_redis_lost_is_not_counted(redis_factory) -> None:
+    """Redis restarted empty: the run is in the journal, which the account reloads from."""
+    state = redis_factory()
+    ledger = _big_ledger(state)
+    await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    drawn = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert drawn.draws
+    await state.command("DEL", drawn.draws[0][0])
+    ledger.settle(drawn, 0.004, 0)
+    await ledger.flush()
+    assert (await _big_spent_reserved(ledger))[0] == pytest.approx(0.0)
+    await ledger.aclose()

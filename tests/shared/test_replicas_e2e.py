@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,7 +113,15 @@ def test_rate_limit_and_budget_spend_hold_across_replicas(
         codes = [chat(d, token).status_code for d in (a, b, a, b, a, b)]
         assert codes == [200, 200, 200, 429, 429, 429]
         seen_a, seen_b = budget(a), budget(b)
-        assert seen_a["spent"] == seen_b["spent"] > 0 and seen_a["reserved"] == seen_b["reserved"] == 0
+        assert seen_a["spent"] == seen_b["spent"] > 0
+        # Far from the limit, a replica takes room ahead of need (an allowance, counted as reserved
+        # for the fleet) and gives it back once idle for a second.
+        deadline = time.monotonic() + 5
+        while (seen_a["reserved"] or seen_b["reserved"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen_a, seen_b = budget(a), budget(b)
+        assert seen_a["reserved"] == seen_b["reserved"] == 0
+        assert seen_a["spent"] == seen_b["spent"] > 0
     finally:
         a.stop()
         b.stop()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -55,7 +56,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from palyra.errors import BudgetExceeded
@@ -81,6 +82,10 @@ log = logging.getLogger("palyra.shared.budgets")
 BUDGET_UNAVAILABLE = "budget_store_unavailable"
 HOLD_TTL_S = 900.0
 SETTLED_KEEP_S = 86_400.0  # how long a settled reservation id is remembered (retries must end sooner)
+ALLOWANCE_REQUESTS = 32  # an allowance covers about this many requests like the one that asked for it
+_ALLOWANCE_LEAST = 4  # smaller grants are not worth keeping: close to a limit, every request asks Redis
+ALLOWANCE_IDLE_S = 1.0  # an allowance not drawn on for this long goes back to the fleet
+ALLOWANCE_RENEW_S = 60.0  # draws stop this long after the last grant; the next reservation renews it
 _DAY_MS = 86_400_000
 _CALENDAR_TTL_MS = {"day": 3 * _DAY_MS, "week": 9 * _DAY_MS, "month": 33 * _DAY_MS}
 _LOAD_LOCK_MS = 30_000
@@ -133,26 +138,33 @@ local function spent(acct, idx, horizon)
 end
 """
 
-# KEYS: holds, hold, then per policy i: account, minute index, reserved
-# ARGV: now ms, hold expiry ms, hold keep ms, n, then per policy i: amount, hard, soft, horizon minute
+# KEYS: holds, hold, then per policy i: account, minute index, reserved, this replica's lease
+# ARGV: now ms, hold expiry ms, hold keep ms, n, then per policy i: amount, hard, soft, horizon minute,
+#       allowance wanted, least allowance worth granting
+# Reply: 'ok', then per policy i: spent, reserved (this request and any allowance included), soft limit
+#        crossed ('1'/'0'), allowance granted
 _RESERVE = (
     _LUA_PRELUDE
     + """
 local holds, hk, n = KEYS[1], KEYS[2], tonumber(ARGV[4])
 for i = 1, n do  -- a script is not rolled back on error: validate before the first write
-  if not tonumber(ARGV[4 + 4 * (i - 1) + 1]) then return redis.error_reply('invalid amount') end
+  local b = 4 + 6 * (i - 1)
+  if not (tonumber(ARGV[b + 1]) and tonumber(ARGV[b + 5]) and tonumber(ARGV[b + 6])) then
+    return redis.error_reply('invalid amount')
+  end
 end
 sweep(holds, ARGV[1])
 for i = 1, n do
-  if redis.call('HGET', KEYS[3 * i], 'loaded') ~= '1' then return {'unloaded', tostring(i)} end
+  if redis.call('HGET', KEYS[2 + 4 * (i - 1) + 1], 'loaded') ~= '1' then return {'unloaded', tostring(i)} end
 end
 local replay = redis.call('EXISTS', hk) == 1
 local out = {'ok'}
+local grants = {}
 for i = 1, n do
-  local b = 4 + 4 * (i - 1)
+  local b, kb = 4 + 6 * (i - 1), 2 + 4 * (i - 1)
   local amount, hard, soft = tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
-  local s = spent(KEYS[3 * i], KEYS[3 * i + 1], ARGV[b + 4])
-  local r = tonumber(redis.call('GET', KEYS[3 * i + 2]) or '0')
+  local s = spent(KEYS[kb + 1], KEYS[kb + 2], ARGV[b + 4])
+  local r = tonumber(redis.call('GET', KEYS[kb + 3]) or '0')
   if replay then r = r - amount end
   local after = s + r + amount
   if not replay and hard ~= '' and after > tonumber(hard) + EPS then
@@ -160,15 +172,42 @@ for i = 1, n do
   end
   local crossed = '0'
   if soft ~= '' and after >= tonumber(soft) then crossed = '1' end
+  -- An allowance for this replica's next requests: at most an eighth of the room left under the hard
+  -- and soft limits, none when that is less than the least worth granting (close to a limit every
+  -- request asks Redis, so the limit is exact there).
+  local g = 0
+  local want, least = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  if not replay and want > 0 and crossed == '0' then
+    local room = want * 8
+    if hard ~= '' then room = math.min(room, tonumber(hard) - after) end
+    if soft ~= '' then room = math.min(room, tonumber(soft) - after) end
+    g = math.min(want, room / 8)
+    if g < least then g = 0 end
+  end
+  grants[i] = g
   out[#out + 1] = tostring(s)
-  out[#out + 1] = tostring(r + amount)
+  out[#out + 1] = tostring(r + amount + g)
   out[#out + 1] = crossed
+  out[#out + 1] = tostring(g)
 end
 if not replay then
   for i = 1, n do
-    local a = ARGV[4 + 4 * (i - 1) + 1]
-    redis.call('INCRBYFLOAT', KEYS[3 * i + 2], a)
-    redis.call('HSET', hk, 'k' .. i, KEYS[3 * i + 2], 'a' .. i, a)
+    local b, kb = 4 + 6 * (i - 1), 2 + 4 * (i - 1)
+    local a, rk, lk = ARGV[b + 1], KEYS[kb + 3], KEYS[kb + 4]
+    redis.call('INCRBYFLOAT', rk, a)
+    redis.call('HSET', hk, 'k' .. i, rk, 'a' .. i, a)
+    if grants[i] > 0 then
+      local g = tostring(grants[i])
+      redis.call('INCRBYFLOAT', rk, g)
+      if redis.call('HGET', lk, 'state') == 'held' then
+        redis.call('HINCRBYFLOAT', lk, 'a1', g)
+      else
+        redis.call('DEL', lk)
+        redis.call('HSET', lk, 'n', 1, 'k1', rk, 'a1', g, 'state', 'held')
+      end
+      redis.call('PEXPIRE', lk, ARGV[3])
+      redis.call('ZADD', holds, ARGV[2], lk)
+    end
   end
   redis.call('HSET', hk, 'n', n, 'state', 'held')
   redis.call('PEXPIRE', hk, ARGV[3])
@@ -178,22 +217,50 @@ return out
 """
 )
 
-# KEYS: holds, hold, then per actual j: account, minute index
-# ARGV: keep ms, n, then per actual j: amount, minute ('' unless rolling), account ttl ms ('' for none)
+# KEYS: holds, hold (or, for a draw on allowances, its marker), then per actual j: account, minute
+#       index, then per allowance drawn on k: the lease
+# ARGV: keep ms, n, m, then per actual j: amount, minute ('' unless rolling), account ttl ms ('' for
+#       none), then per allowance k: the amount drawn
 _SETTLE = (
     _LUA_PRELUDE
     + """
-local holds, hk, n = KEYS[1], KEYS[2], tonumber(ARGV[2])
+local holds, hk, n, m = KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3])
 for j = 1, n do  -- a script is not rolled back on error: validate before the first write
-  if not tonumber(ARGV[2 + 3 * (j - 1) + 1]) then return redis.error_reply('invalid amount') end
+  if not tonumber(ARGV[3 + 3 * (j - 1) + 1]) then return redis.error_reply('invalid amount') end
 end
-local state = redis.call('HGET', hk, 'state')
-if not state then return 'unknown' end
-if state == 'settled' then return 'duplicate' end
-if state == 'held' then release(hk) end
-redis.call('ZREM', holds, hk)
+for k = 1, m do
+  if not tonumber(ARGV[3 + 3 * n + k]) then return redis.error_reply('invalid amount') end
+end
+local state
+if m > 0 then
+  -- A draw on this replica's allowances: the marker makes a resent settlement a no-op; the drawn
+  -- amounts leave the leases (and the reserved sums) unless a lease has expired or been given back.
+  for k = 1, m do  -- a lease Redis no longer knows (it lost its data): the journal has the run
+    if not redis.call('HGET', KEYS[2 + 2 * n + k], 'state') then return 'unknown' end
+  end
+  if not redis.call('SET', hk, 'settled', 'NX', 'PX', ARGV[1]) then return 'duplicate' end
+  state = 'drawn'
+  for k = 1, m do
+    local lk = KEYS[2 + 2 * n + k]
+    if redis.call('HGET', lk, 'state') == 'held' then
+      local left = tonumber(redis.call('HGET', lk, 'a1') or '0')
+      local d = math.min(tonumber(ARGV[3 + 3 * n + k]), left)
+      if d > 0 then
+        redis.call('HINCRBYFLOAT', lk, 'a1', tostring(-d))
+        local rk = redis.call('HGET', lk, 'k1')
+        if tonumber(redis.call('INCRBYFLOAT', rk, tostring(-d))) < EPS then redis.call('SET', rk, '0') end
+      end
+    end
+  end
+else
+  state = redis.call('HGET', hk, 'state')
+  if not state then return 'unknown' end
+  if state == 'settled' then return 'duplicate' end
+  if state == 'held' then release(hk) end
+  redis.call('ZREM', holds, hk)
+end
 for j = 1, n do
-  local b = 2 + 3 * (j - 1)
+  local b = 3 + 3 * (j - 1)
   local acct, idx = KEYS[1 + 2 * j], KEYS[2 + 2 * j]
   local amount, minute, ttl = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   redis.call('HINCRBYFLOAT', acct, 'settled', amount)
@@ -204,11 +271,25 @@ for j = 1, n do
   end
   if ttl ~= '' then redis.call('PEXPIRE', acct, ttl) end
 end
-redis.call('HSET', hk, 'state', 'settled')
-redis.call('PEXPIRE', hk, ARGV[1])
+if m == 0 then
+  redis.call('HSET', hk, 'state', 'settled')
+  redis.call('PEXPIRE', hk, ARGV[1])
+end
 return state
 """
 )
+
+# KEYS: a lease. ARGV: the amount to give back (what this replica has not drawn)
+_GIVE_BACK = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'held' then return '0' end
+local left = tonumber(redis.call('HGET', KEYS[1], 'a1') or '0')
+local d = math.min(tonumber(ARGV[1]) or 0, left)
+if d <= 0 then return '0' end
+redis.call('HINCRBYFLOAT', KEYS[1], 'a1', tostring(-d))
+local rk = redis.call('HGET', KEYS[1], 'k1')
+if tonumber(redis.call('INCRBYFLOAT', rk, tostring(-d))) < 1e-9 then redis.call('SET', rk, '0') end
+return tostring(d)
+"""
 
 # KEYS: account, minute index, lock. ARGV: lock token, ttl ms or '', total, then minute, amount pairs
 _LOAD = """
@@ -252,9 +333,23 @@ _SWEEP = _LUA_PRELUDE + "\nreturn sweep(KEYS[1], ARGV[1])\n"
 
 @dataclass
 class SharedReservation(Reservation):
-    """A reservation whose holds live in Redis under ``reservation_id``."""
+    """A reservation whose holds live in Redis under ``reservation_id``, or, when ``draws`` is set, a
+    draw on this replica's allowances: (lease key, amount) per hold, taken without a round trip."""
 
     reservation_id: str = ""
+    draws: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Allowance:
+    """Room this replica took from Redis ahead of need (a hold named ``lease``) and has not drawn yet."""
+
+    lease: str
+    account: str  # the account (policy and window) it was granted for
+    left: float
+    renew_by: float  # monotonic: no draws after this; the next reservation asks Redis and renews
+    used_at: float  # monotonic: last grant or draw
+    session: int  # the Redis connection it was granted over: a reconnect ends it (Redis may be empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +382,7 @@ class RedisBudgetLedger(BudgetLedger):
         hold_ttl_s: float = HOLD_TTL_S,
         load_wait_s: float = 10.0,
         retry_queue_max: int = 10_000,
+        allowance_requests: int = ALLOWANCE_REQUESTS,
     ) -> None:
         super().__init__(policies, loader, on_soft_limit, clock=clock)
         self._redis = redis
@@ -298,6 +394,13 @@ class RedisBudgetLedger(BudgetLedger):
         self._settle_script = redis.script(_SETTLE)
         self._load_script = redis.script(_LOAD)
         self._unlock_script = redis.script(_UNLOCK)
+        self._give_back_script = redis.script(_GIVE_BACK)
+        self._allowance_requests = max(0, allowance_requests)
+        self._allowances: dict[str, _Allowance] = {}  # policy key -> this replica's allowance
+        self._replica = uuid.uuid4().hex[:12]
+        self._draw_ids = itertools.count(1)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._read_script = redis.script(_READ)
         self._sweep_script = redis.script(_SWEEP)
         self._loaded: dict[str, str] = {}  # policy key -> account key known to be loaded
@@ -333,23 +436,31 @@ class RedisBudgetLedger(BudgetLedger):
             amount = _amount(policy, estimate.usd, estimate.tokens)
             if amount is not None and math.isfinite(amount):  # unpriced: not held against USD budgets
                 holds.append((policy, amount))
-        reservation = SharedReservation(holds=holds, reservation_id=uuid.uuid4().hex)
         if not holds:
-            return reservation
+            return SharedReservation(holds=holds)
         accounts = [self._account(policy, now) for policy, _ in holds]
+        draws = self._draw(holds, accounts)
+        if draws is not None:  # the common case far from every limit: no round trip
+            return SharedReservation(holds=holds, reservation_id=self._draw_id(), draws=draws)
+        reservation = SharedReservation(holds=holds, reservation_id=uuid.uuid4().hex)
         for (policy, _), account in zip(holds, accounts, strict=True):
             await self._load_account(policy, account, now)
         now_ms = int(now * 1000)
         keys = [self._holds_key, self._hold_key(reservation.reservation_id)]
         args: list[str | int | float] = [now_ms, now_ms + self._hold_ttl_ms, self._keep_ms(), len(holds)]
+        leases: list[str] = []
         for (policy, amount), account in zip(holds, accounts, strict=True):
-            keys += [account.key, account.index, self._reserved_key(policy)]
+            lease = self._lease_for(_policy_key(policy), account.key)
+            leases.append(lease)
+            keys += [account.key, account.index, self._reserved_key(policy), lease]
             args += [_num(amount), _limit(policy.hard_limit), _limit(policy.soft_limit), account.horizon]
+            args += [_num(amount * self._allowance_requests), _num(amount * _ALLOWANCE_LEAST)]
         reply = await self._reserve_once(keys, args, holds, accounts, now)
-        if text(reply[0]) == "blocked" and self._pending:
-            # Close to the limit: this replica's own unsent settlements may free the room (their
-            # holds are estimates); send them and ask once more.
+        if text(reply[0]) == "blocked" and (self._pending or self._allowances):
+            # Close to the limit: this replica's own allowances and unsent settlements may free the
+            # room (their holds are estimates); give them back, send them and ask once more.
             with contextlib.suppress(SharedStateUnavailable):
+                await self.give_back_allowances()
                 await self.flush()
             reply = await self._reserve_once(keys, args, holds, accounts, now)
         if text(reply[0]) == "blocked":
@@ -365,10 +476,13 @@ class RedisBudgetLedger(BudgetLedger):
             )
         crossed: list[tuple[Policy, float]] = []
         for i, (policy, _) in enumerate(holds):
-            spent, reserved = float(text(reply[1 + 3 * i])), float(text(reply[2 + 3 * i]))
+            spent, reserved = float(text(reply[1 + 4 * i])), float(text(reply[2 + 4 * i]))
             self._snapshots[policy.policy_id] = (window_key(policy.window, now), spent, reserved)
-            if text(reply[3 + 3 * i]) == "1":
+            if text(reply[3 + 4 * i]) == "1":
                 crossed.append((policy, spent))
+            granted = float(text(reply[4 + 4 * i]))
+            if granted > 0:
+                self._granted(_policy_key(policy), leases[i], accounts[i].key, granted)
         if crossed:
             reservation.status = "soft_limit"
             reservation.crossed = [policy for policy, _ in crossed]
@@ -406,8 +520,10 @@ class RedisBudgetLedger(BudgetLedger):
         if not isinstance(reservation, SharedReservation) or not reservation.holds:
             return
         now = self._clock()
-        keys = [self._holds_key, self._hold_key(reservation.reservation_id)]
-        args = [str(self._keep_ms()), "0"]
+        drawn = bool(reservation.draws)
+        marker = self._redis.key("bud", "draw", reservation.reservation_id) if drawn else ""
+        keys = [self._holds_key, marker or self._hold_key(reservation.reservation_id)]
+        args = [str(self._keep_ms()), "0", str(len(reservation.draws))]
         for policy, _ in reservation.holds:
             amount = _amount(policy, actual_usd, actual_tokens)
             if not amount or not math.isfinite(amount) or policy.policy_id not in self._policies:
@@ -417,6 +533,9 @@ class RedisBudgetLedger(BudgetLedger):
             minute = str(int(now // 60)) if policy.window in ROLLING_S else ""
             args += [_num(amount), minute, account.ttl_ms]
         args[1] = str((len(keys) - 2) // 2)
+        for lease, amount in reservation.draws:
+            keys.append(lease)
+            args.append(_num(amount))
         self._enqueue(_Settlement(reservation.reservation_id, keys, args, time.monotonic()))
 
     @property
@@ -588,7 +707,7 @@ class RedisBudgetLedger(BudgetLedger):
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Try to send queued settlements before shutdown; what cannot be sent is logged."""
         try:
-            await asyncio.wait_for(self.flush(), timeout_s)
+            await asyncio.wait_for(self._give_back_then_flush(), timeout_s)
         except (SharedStateUnavailable, TimeoutError):
             log.error("shutting down with %d budget settlement(s) not sent to Redis", len(self._pending))
         self._closed = True
@@ -600,6 +719,114 @@ class RedisBudgetLedger(BudgetLedger):
             self._retry = None
         if self._drainer is not None and not self._drainer.done():
             self._drainer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for task in list(self._giving_back):
+            task.cancel()
+
+    async def _give_back_then_flush(self) -> None:
+        await self.give_back_allowances()
+        await self.flush()
+
+    # --- allowances ----------------------------------------------------------------------------
+    #
+    # Far from a limit, a reservation that asks Redis also takes an allowance for this replica: room
+    # for about ``allowance_requests`` more requests like it, held in Redis under a lease (a hold
+    # like any other, swept when it expires), so it counts against the limit for every replica. The
+    # next requests draw on it here without a round trip; their settlements take what they drew out
+    # of the lease. At most an eighth of the room left is granted at a time, and nothing once that is
+    # less than a few requests' worth: close to a hard or soft limit every request asks Redis, so the
+    # limit stays exact there (at most what allowances other replicas still hold is blocked early,
+    # and an idle allowance goes back within ``ALLOWANCE_IDLE_S``).
+
+    def _draw(
+        self, holds: list[tuple[Policy, float]], accounts: list[_Account]
+    ) -> list[tuple[str, float]] | None:
+        if not self._allowances:
+            return None
+        mono = time.monotonic()
+        session = self._redis.pipe.session  # 0 once the connection is lost: budgets fail closed
+        found: list[_Allowance] = []
+        for (policy, amount), account in zip(holds, accounts, strict=True):
+            allowance = self._allowances.get(_policy_key(policy))
+            if (
+                allowance is None
+                or allowance.session != session
+                or allowance.account != account.key
+                or allowance.left + 1e-9 < amount
+                or mono >= allowance.renew_by
+            ):
+                return None
+            found.append(allowance)
+        draws: list[tuple[str, float]] = []
+        for allowance, (_, amount) in zip(found, holds, strict=True):
+            allowance.left -= amount
+            allowance.used_at = mono
+            draws.append((allowance.lease, amount))
+        return draws
+
+    def _lease_for(self, pk: str, account: str) -> str:
+        """The lease key a grant tops up: this replica's current one for the account, or a new name
+        (so a settlement drawn on a lease Redis has lost is recognised and not counted twice)."""
+        allowance = self._allowances.get(pk)
+        if (
+            allowance is not None
+            and allowance.account == account
+            and allowance.session == self._redis.pipe.session
+        ):
+            return allowance.lease
+        return self._redis.key("bud", "lease", self._replica, str(next(self._draw_ids)))
+
+    def _draw_id(self) -> str:
+        return f"{self._replica}-{next(self._draw_ids)}"
+
+    def _granted(self, pk: str, lease: str, account: str, amount: float) -> None:
+        mono = time.monotonic()
+        session = self._redis.pipe.session
+        allowance = self._allowances.get(pk)
+        if allowance is not None and allowance.lease == lease and allowance.session == session:
+            allowance.left += amount
+            allowance.renew_by = mono + ALLOWANCE_RENEW_S
+            allowance.used_at = mono
+        else:
+            if allowance is not None and allowance.lease != lease:  # granted for an earlier window
+                self._give_back_soon(allowance)
+            # (granted over an earlier connection: what Redis still holds of it expires by itself)
+            self._allowances[pk] = _Allowance(lease, account, amount, mono + ALLOWANCE_RENEW_S, mono, session)
+        if self._idle_timer is None and not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self._idle_timer = asyncio.get_running_loop().call_later(ALLOWANCE_IDLE_S, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        mono = time.monotonic()
+        for pk, allowance in list(self._allowances.items()):
+            if mono - allowance.used_at >= ALLOWANCE_IDLE_S or mono >= allowance.renew_by:
+                del self._allowances[pk]
+                self._give_back_soon(allowance)
+        if self._allowances and not self._closed:
+            self._idle_timer = asyncio.get_running_loop().call_later(ALLOWANCE_IDLE_S, self._check_idle)
+
+    def _give_back_soon(self, allowance: _Allowance) -> None:
+        if allowance.left <= 0:
+            return
+        task = asyncio.get_running_loop().create_task(self._give_back(allowance))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, allowance: _Allowance) -> None:
+        amount, allowance.left = allowance.left, 0.0
+        with contextlib.suppress(SharedStateUnavailable):  # else the lease expires by itself
+            await self._redis.run(
+                self._give_back_script, [allowance.lease], [_num(amount)], code=BUDGET_UNAVAILABLE
+            )
+
+    async def give_back_allowances(self) -> None:
+        """Return every allowance this replica holds to the fleet now (tests, shutdown, a block)."""
+        allowances = list(self._allowances.values())
+        self._allowances.clear()
+        await asyncio.gather(*(self._give_back(a) for a in allowances if a.left > 0))
 
     async def _load_account(self, policy: Policy, account: _Account, now: float) -> None:
         pk = _policy_key(policy)
@@ -690,8 +917,13 @@ class RedisBudgetLedger(BudgetLedger):
 
 
 def _policy_key(policy: Policy) -> str:
-    shape = hashlib.sha1(f"{policy.scope}|{policy.metric}|{policy.window}".encode(), usedforsecurity=False)
-    return f"{policy.policy_id}@{shape.hexdigest()[:10]}"
+    return _shaped_key(policy.policy_id, policy.scope, policy.metric, policy.window)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shaped_key(policy_id: str, scope: str, metric: str, window: str) -> str:
+    shape = hashlib.sha1(f"{scope}|{metric}|{window}".encode(), usedforsecurity=False)
+    return f"{policy_id}@{shape.hexdigest()[:10]}"
 
 
 def _num(value: float) -> str:

@@ -109,6 +109,13 @@ class RespPipe:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
+    @property
+    def session(self) -> int:
+        """Which connection is open now (it changes on every reconnect); 0 when none is. What was
+        learnt over one connection may not hold after another (Redis may have restarted empty)."""
+        protocol = self._protocol
+        return 0 if protocol is None or protocol.closed else id(protocol)
+
     async def call(self, *args: str | int | float | bytes) -> Any:
         protocol = await self._connected()
         return await self._send(protocol, [encode(args)])[0]
