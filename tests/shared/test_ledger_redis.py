@@ -307,3 +307,21 @@ async def test_a_draw_on_a_lease_redis_lost_is_not_counted(redis_factory) -> Non
     await ledger.flush()
     assert (await _big_spent_reserved(ledger))[0] == pytest.approx(0.0)
     await ledger.aclose()
+
+
+async def test_draw_settlements_leave_summed_in_one_call(redis_factory) -> None:
+    ledger = _big_ledger(redis_factory())
+    first = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    drawn = [await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0)) for _ in range(10)]
+    ledger.settle(first, 0.01, 0)
+    for r in drawn:
+        ledger.settle(r, 0.003, 0)
+    assert ledger.pending_settlements == 2  # the reservation's own, and one for all ten draws
+    await ledger.flush()
+    later = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    assert later.draws
+    ledger.settle(later, 0.002, 0)  # a new batch: the sent one is frozen
+    await ledger.flush()
+    await ledger.give_back_allowances()
+    assert await _big_spent_reserved(ledger) == (pytest.approx(0.01 + 10 * 0.003 + 0.002), pytest.approx(0.0))
+    await ledger.aclose()

@@ -368,6 +368,31 @@ class _Settlement:
     args: list[str]
     queued_at: float
     refusals: int = 0
+    draws: _DrawBatch | None = None  # draws on allowances, summed until the batch is sent
+
+
+@dataclass(slots=True)
+class _DrawBatch:
+    """The settlements of draws on allowances, summed: they commute, so every request drawn between
+    two sends costs Redis one script call in all, under one marker that makes a resend a no-op."""
+
+    actuals: dict[tuple[str, str, str, str], float] = field(default_factory=dict)  # acct, idx, min, ttl
+    leases: dict[str, float] = field(default_factory=dict)  # lease -> amount drawn
+    closed: bool = False
+
+    def close(self, item: _Settlement) -> None:
+        """Freeze the sums into the item's keys and args (a retry sends exactly the same)."""
+        if self.closed:
+            return
+        self.closed = True
+        item.keys[2:] = []
+        item.args[1:] = [str(len(self.actuals)), str(len(self.leases))]
+        for (account, index, minute, ttl), amount in self.actuals.items():
+            item.keys += [account, index]
+            item.args += [_num(amount), minute, ttl]
+        for lease, amount in self.leases.items():
+            item.keys.append(lease)
+            item.args.append(_num(amount))
 
 
 class RedisBudgetLedger(BudgetLedger):
@@ -401,6 +426,7 @@ class RedisBudgetLedger(BudgetLedger):
         self._draw_ids = itertools.count(1)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
+        self._open_draws: _DrawBatch | None = None
         self._read_script = redis.script(_READ)
         self._sweep_script = redis.script(_SWEEP)
         self._loaded: dict[str, str] = {}  # policy key -> account key known to be loaded
@@ -520,10 +546,11 @@ class RedisBudgetLedger(BudgetLedger):
         if not isinstance(reservation, SharedReservation) or not reservation.holds:
             return
         now = self._clock()
-        drawn = bool(reservation.draws)
-        marker = self._redis.key("bud", "draw", reservation.reservation_id) if drawn else ""
-        keys = [self._holds_key, marker or self._hold_key(reservation.reservation_id)]
-        args = [str(self._keep_ms()), "0", str(len(reservation.draws))]
+        if reservation.draws:
+            self._settle_draw(reservation, actual_usd, actual_tokens, now)
+            return
+        keys = [self._holds_key, self._hold_key(reservation.reservation_id)]
+        args = [str(self._keep_ms()), "0", "0"]
         for policy, _ in reservation.holds:
             amount = _amount(policy, actual_usd, actual_tokens)
             if not amount or not math.isfinite(amount) or policy.policy_id not in self._policies:
@@ -533,10 +560,28 @@ class RedisBudgetLedger(BudgetLedger):
             minute = str(int(now // 60)) if policy.window in ROLLING_S else ""
             args += [_num(amount), minute, account.ttl_ms]
         args[1] = str((len(keys) - 2) // 2)
-        for lease, amount in reservation.draws:
-            keys.append(lease)
-            args.append(_num(amount))
         self._enqueue(_Settlement(reservation.reservation_id, keys, args, time.monotonic()))
+
+    def _settle_draw(
+        self, reservation: SharedReservation, actual_usd: float | None, actual_tokens: int, now: float
+    ) -> None:
+        batch = self._open_draws
+        if batch is None or batch.closed:
+            batch = self._open_draws = _DrawBatch()
+            marker = self._redis.key("bud", "draw", self._draw_id())
+            item = _Settlement(marker, [self._holds_key, marker], [str(self._keep_ms())], time.monotonic())
+            item.draws = batch
+            self._enqueue(item)
+        for policy, _ in reservation.holds:
+            amount = _amount(policy, actual_usd, actual_tokens)
+            if not amount or not math.isfinite(amount) or policy.policy_id not in self._policies:
+                continue
+            account = self._account(policy, now)
+            minute = str(int(now // 60)) if policy.window in ROLLING_S else ""
+            where = (account.key, account.index, minute, account.ttl_ms)
+            batch.actuals[where] = batch.actuals.get(where, 0.0) + amount
+        for lease, amount in reservation.draws:
+            batch.leases[lease] = batch.leases.get(lease, 0.0) + amount
 
     @property
     def pending_settlements(self) -> int:
@@ -560,6 +605,8 @@ class RedisBudgetLedger(BudgetLedger):
     def _enqueue(self, item: _Settlement) -> None:
         if len(self._pending) >= self._queue_max:
             dropped = self._pending.popleft()
+            if dropped.draws is not None:
+                dropped.draws.closed = True  # nothing more is added to a batch that will not be sent
             log.error(
                 "budget settlement queue full (%d); dropped reservation %s: its hold expires by itself, "
                 "its actual cost is not counted in Redis",
@@ -603,6 +650,9 @@ class RedisBudgetLedger(BudgetLedger):
             batch = list(itertools.islice(self._pending, _BATCH))
             if not batch:
                 break
+            for item in batch:
+                if item.draws is not None:
+                    item.draws.close(item)
             try:
                 replies = await self._redis.run_many(
                     self._settle_script, [(item.keys, item.args) for item in batch], code=BUDGET_UNAVAILABLE
