@@ -10,7 +10,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from palyra.auth.audit import AuditLog
 from palyra.auth.credential import AuthProfileCredential
@@ -30,9 +31,10 @@ from palyra.auth.service import AuthService
 from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService
 from palyra.config.models import PalyraConfig, ProviderConfig
-from palyra.console import build_console
+from palyra.console import ConsoleSessions, build_console
 from palyra.errors import InvalidRequest, PalyraError
 from palyra.gateway import Gateway, RunContext
+from palyra.governance.admin_store import sync_admin_governance
 from palyra.governance.alerts import AlertLog
 from palyra.governance.budgets import Policy
 from palyra.governance.pricing import PriceTable
@@ -55,8 +57,6 @@ from palyra.skills import SkillService, run_reaudit
 from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import RunRepository
 from palyra.storage.tokens import TokenRepository
-from palyra.surface.admin_api import build_admin_api
-from palyra.surface.admin_governance import sync_admin_governance
 from palyra.surface.auth_guard import FailedAuthLimiter
 from palyra.surface.openai_http import OpenAISurface, new_request_id
 from palyra.surface.openai_requests import RequestLimits
@@ -223,7 +223,17 @@ def build_app(config: PalyraConfig) -> Starlette:
         auth_failures=c.auth_failures,
     )
     c.scheduler = build_jobs(c, surface)
-    admin = build_admin_api(c)
+    # The web console's login: a signed cookie plus a CSRF header on changes (palyra.console.session).
+    sessions = ConsoleSessions(
+        c.admin_token, always_secure=config.server.public_base_url.startswith("https://")
+    )
+
+    def admin_api() -> ASGIApp:
+        # FastAPI and the admin routes' models are ~15 MB that a gateway serving only /v1 never
+        # needs: built on the first /api/v1 request (the CLI's and the console's), not at start.
+        from palyra.surface.admin_api import build_admin_api
+
+        return build_admin_api(c, sessions)
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -294,19 +304,28 @@ def build_app(config: PalyraConfig) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Mount("/api/v1", app=admin),
-            Mount(
-                "/console",
-                app=build_console(
-                    admin.state.console_sessions, public_base_url=config.server.public_base_url
-                ),
-            ),
+            Mount("/api/v1", app=BuiltOnFirstUse(admin_api)),
+            Mount("/console", app=build_console(sessions, public_base_url=config.server.public_base_url)),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,
     )
     app.state.components = c
     return app
+
+
+class BuiltOnFirstUse:
+    """An ASGI app built by ``factory`` when the first request reaches it."""
+
+    def __init__(self, factory: Callable[[], ASGIApp]) -> None:
+        self._factory = factory
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self._app
+        if app is None:
+            app = self._app = self._factory()
+        await app(scope, receive, send)
 
 
 async def _keep_governance_in_sync(c: Components) -> None:

@@ -588,8 +588,8 @@ def budgets_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if answer is not None and answer[0] == 200:
         rows = answer[1]["data"]
     else:
+        from palyra.governance.admin_store import load_admin_policies
         from palyra.governance.budgets import Policy, window_key, window_start
-        from palyra.surface.admin_governance import load_admin_policies
 
         async def work(db: Database) -> list[dict[str, Any]]:
             repo = RunRepository(db)
@@ -807,6 +807,12 @@ def usage(
 
 
 def main() -> None:
+    if sys.argv[1:2] != ["serve"]:  # the daemon needs none of the command groups (nor what they load)
+        _add_command_groups()
+    app()
+
+
+def _add_command_groups() -> None:
     from palyra.jobs.cli import cron_app
     from palyra.memory.cli import memory_app
     from palyra.skills.cli import skills_app
@@ -816,7 +822,6 @@ def main() -> None:
     app.add_typer(cron_app, name="cron", help="Background jobs: list, run history, run now.")
     app.add_typer(memory_app, name="memory", help="Agent memory: add items, search them.")
     app.add_typer(skills_app, name="skills", help="Signed skill packages: install, list, audit, trust.")
-    app()
 
 
 def serve_main() -> None:

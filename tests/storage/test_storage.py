@@ -185,3 +185,45 @@ async def test_token_reads_are_shared_and_refreshed_ahead(db: Database) -> None:
         await slow  # started before the revocation: whatever it read is not cached
     with pytest.raises(AuthenticationFailed, match="revoked"):
         await service.authenticate(f"Bearer {plaintext}", time.time() + 60)
+
+
+def _schema_diff(conn) -> list[object]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from palyra.storage.tables import all_tables
+
+    context = MigrationContext.configure(conn, opts={"compare_server_default": True, "compare_type": True})
+    return list(compare_metadata(context, all_tables()))
+
+
+async def test_an_empty_database_is_created_from_the_definitions_as_the_migrations_would(
+    db: Database, tmp_path: Path
+) -> None:
+    """A first start creates the schema from the table definitions and stamps it (no Alembic); the
+    migrations applied one by one to another empty database must give exactly that schema."""
+    from sqlalchemy import inspect
+
+    from palyra.storage.db import HEAD_REVISION, _upgrade
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_schema_diff) == []
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == HEAD_REVISION
+    if db.is_sqlite:
+        migrated = Database(database_url_for("", tmp_path / "by-migrations"))
+    else:
+        migrated = Database(database_url_for(PG_URL, tmp_path), schema=f"{db.schema}_m")
+    await migrated.start(migrate=False)
+    try:
+        async with migrated.engine.begin() as conn:
+            if not db.is_sqlite:
+                await conn.execute(text(f'CREATE SCHEMA "{migrated.schema}"'))
+            assert await conn.run_sync(lambda c: inspect(c).get_table_names()) == []
+            await conn.run_sync(_upgrade)
+            assert await conn.run_sync(_schema_diff) == []
+        assert await migrated.is_ready()
+    finally:
+        if not db.is_sqlite:
+            async with migrated.engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA "{migrated.schema}" CASCADE'))
+        await migrated.close()

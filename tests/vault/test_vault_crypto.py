@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import secrets
 import subprocess
 import sys
 
@@ -129,3 +130,14 @@ def test_the_suggested_command_makes_a_valid_key() -> None:
 def test_envelope_is_a_value() -> None:
     env = Envelope(b"1" * 12, b"c", b"2" * 12, b"w")
     assert env == Envelope(b"1" * 12, b"c", b"2" * 12, b"w")
+
+
+@pytest.mark.parametrize("info", [b"envelope:kek", b"palyra.vault.kek-id.v1", b""])
+def test_the_standard_library_hkdf_matches_cryptography(info: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    for _ in range(20):
+        master = secrets.token_bytes(32)
+        expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=crypto._KDF_SALT, info=info).derive(master)
+        assert crypto._hkdf(master, info) == expected

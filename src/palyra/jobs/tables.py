@@ -61,7 +61,7 @@ cron_runs = Table(
     Column("finished_at", Float, nullable=True),
     Column("duration_ms", Float, nullable=True),
     Column("heartbeat_at", Float, nullable=True),
-    Column("missed_slots", Integer, nullable=False, default=0),
+    Column("missed_slots", Integer, nullable=False, default=0, server_default="0"),
     Column("summary", Text, nullable=True),
     Column("error", Text, nullable=True),
     UniqueConstraint("job_id", "slot_at", "trigger", name="uq_cron_runs_slot"),

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.markup import escape
 from rich.table import Table
 
@@ -214,6 +213,8 @@ def skills_keygen(
     pub = out.with_name(out.name + ".pub")
     if not force and (out.exists() or pub.exists()):
         _fail(f"{out} or {pub} already exists", "pass --force to overwrite, or choose another path")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     raw = public_raw_of(key)
     out.parent.mkdir(parents=True, exist_ok=True)

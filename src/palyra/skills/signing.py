@@ -10,14 +10,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from palyra.skills.manifest import MANIFEST_FILE, PUBLISHER_ID, ManifestError, parse_manifest
 from palyra.skills.package import PackageLimits, scan_tree, sha256_file
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography (~7 MB resident) is imported by the functions that sign or verify, so a daemon with no
+# skills to check does not load it at start.
 
 SIGNATURE_FILE = "signature.json"
 ALGORITHM = "ed25519"
@@ -95,6 +97,9 @@ def parse_signature(data: bytes) -> PackageSignature:
 
 
 def signature_valid(sig: PackageSignature, public_raw: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_raw).verify(sig.signature, canonical_payload(sig.files))
     except (InvalidSignature, ValueError):
@@ -104,6 +109,9 @@ def signature_valid(sig: PackageSignature, public_raw: bytes) -> bool:
 
 def load_public_key(text: str | bytes) -> bytes:
     """Raw 32 public-key bytes from a PEM public key or base64 of the raw key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = text.encode() if isinstance(text, str) else text
     data = data.strip()
     if data.startswith(b"-----BEGIN"):
@@ -126,6 +134,9 @@ def load_public_key(text: str | bytes) -> bytes:
 
 def load_private_key(data: bytes) -> Ed25519PrivateKey:
     """A PEM (PKCS#8, unencrypted) private key or base64 of the raw 32-byte seed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = data.strip()
     if data.startswith(b"-----BEGIN"):
         try:
@@ -142,16 +153,23 @@ def load_private_key(data: bytes) -> Ed25519PrivateKey:
 
 
 def public_raw_of(private_key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def private_pem(private_key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
 def public_pem(public_raw: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(public_raw).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

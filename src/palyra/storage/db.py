@@ -50,7 +50,7 @@ class Database:
             raise RuntimeError("Database.start() has not been called")
         return self._engine
 
-    async def start(self) -> None:
+    async def start(self, *, migrate: bool = True) -> None:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             path = make_url(self.url).database
@@ -66,6 +66,8 @@ class Database:
         if self.is_sqlite:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
+        if not migrate:
+            return
         await self.migrate()
         if self.is_sqlite:
             path = make_url(self.url).database
@@ -81,7 +83,7 @@ class Database:
                 await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             try:
                 if await conn.run_sync(_current_revision) != HEAD_REVISION:
-                    await conn.run_sync(_upgrade)
+                    await conn.run_sync(_create_or_upgrade)
             finally:
                 if not self.is_sqlite:
                     await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
@@ -116,6 +118,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _create_or_upgrade(conn: Connection) -> None:
+    """An empty database gets the newest schema in one go from the table definitions, stamped with
+    the head revision (what Alembic's cookbook recommends: the definitions and the migrations give
+    the same schema, which a test holds on SQLite and PostgreSQL); an older one is upgraded by the
+    migrations. So a first start does not load Alembic (~11 MB that would stay resident)."""
+    if inspect(conn).get_table_names():
+        _upgrade(conn)
+        return
+    from palyra.storage.tables import all_tables
+
+    all_tables().create_all(conn)
+    conn.execute(
+        text(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
 
 
 def _upgrade(conn: Connection) -> None:

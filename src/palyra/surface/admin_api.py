@@ -51,7 +51,7 @@ def _error(exc: PalyraError) -> JSONResponse:
     )
 
 
-def build_admin_api(c: Components) -> FastAPI:
+def build_admin_api(c: Components, sessions: ConsoleSessions) -> FastAPI:
     admin_token, tokens, token_repo, runs, registry = (
         c.admin_token,
         c.tokens,
@@ -67,10 +67,6 @@ def build_admin_api(c: Components) -> FastAPI:
         redoc_url=None,
     )
     expected = admin_token.encode()
-    # The web console's login: a signed cookie plus a CSRF header on changes (palyra.console.session).
-    sessions = ConsoleSessions(
-        admin_token, always_secure=c.config.server.public_base_url.startswith("https://")
-    )
     api.state.console_sessions = sessions
 
     guard = c.auth_failures

@@ -12,14 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING
 
 from palyra.vault.errors import GENERATE_KEY_COMMAND, InvalidMasterKey, VaultTampered
 
@@ -42,8 +39,24 @@ class Envelope:
     wrapped_dek: bytes
 
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    # cryptography (~7 MB resident) is loaded when a secret is first sealed or opened, not at start:
+    # a gateway whose providers read their keys from the environment never needs it.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 def _hkdf(master: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_KDF_SALT, info=info).derive(master)
+    """HKDF-SHA256 (RFC 5869) with a 32-byte output, which is the first expand block alone. The
+    standard library's HMAC gives the same bytes as ``cryptography``'s HKDF (a test holds them equal)
+    without loading it for the key fingerprint every start computes."""
+    prk = hmac.digest(_KDF_SALT, master, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
 
 
 def derive_kek(master: bytes) -> bytes:
@@ -60,14 +73,14 @@ def aad_for(scope: str, key: str) -> bytes:
 
 
 def seal(kek: bytes, aad: bytes, plaintext: bytes) -> Envelope:
-    dek = AESGCM.generate_key(bit_length=DEK_BYTES * 8)
+    dek = secrets.token_bytes(DEK_BYTES)
     value_nonce = secrets.token_bytes(NONCE_BYTES)
     dek_nonce = secrets.token_bytes(NONCE_BYTES)
     return Envelope(
         value_nonce=value_nonce,
-        value_ct=AESGCM(dek).encrypt(value_nonce, plaintext, aad),
+        value_ct=_aesgcm(dek).encrypt(value_nonce, plaintext, aad),
         dek_nonce=dek_nonce,
-        wrapped_dek=AESGCM(kek).encrypt(dek_nonce, dek, aad),
+        wrapped_dek=_aesgcm(kek).encrypt(dek_nonce, dek, aad),
     )
 
 
@@ -81,8 +94,10 @@ def _unwrap_dek(kek: bytes, aad: bytes, env: Envelope) -> bytes:
 def _decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     if len(nonce) != NONCE_BYTES:
         raise VaultTampered("nonce has the wrong length")
+    from cryptography.exceptions import InvalidTag
+
     try:
-        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+        return _aesgcm(key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
         raise VaultTampered("ciphertext failed authentication") from None
 
@@ -102,7 +117,7 @@ def rewrap(old_kek: bytes, new_kek: bytes, aad: bytes, env: Envelope) -> Envelop
         value_nonce=env.value_nonce,
         value_ct=env.value_ct,
         dek_nonce=dek_nonce,
-        wrapped_dek=AESGCM(new_kek).encrypt(dek_nonce, dek, aad),
+        wrapped_dek=_aesgcm(new_kek).encrypt(dek_nonce, dek, aad),
     )
 
 
