@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import aiohttp
-
 from palyra.providers.failures import sanitize_remote_error
 from palyra.providers.http_client import make_session
 
@@ -42,6 +40,8 @@ async def check_api_key(target: KeyCheckTarget, key: str, *, timeout_s: float = 
     else:
         url = target.base_url.rstrip("/") + "/models"
         headers = {"Authorization": f"Bearer {key}", "accept": "application/json"}
+    import aiohttp  # loaded when a key is checked, not at start
+
     session = make_session("key-check", pool_size=2, allow_private=target.allow_private)
     try:
         for attempt in range(TRANSPORT_ATTEMPTS):

@@ -21,14 +21,15 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode
-
-import aiohttp
 
 from palyra import netguard
 from palyra.providers.failures import sanitize_remote_error
 from palyra.providers.http_client import make_session
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "ATTEMPT_TTL_S",
@@ -277,7 +278,7 @@ def authorization_denied(error: str | None, description: str | None = None) -> O
 # --------------------------------------------------------------------------- the client
 
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
+SessionFactory = Callable[[], "aiohttp.ClientSession"]
 
 
 class OAuthClient:
@@ -299,7 +300,7 @@ class OAuthClient:
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         self._allow_private = allow_private
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
 
@@ -396,6 +397,8 @@ class OAuthClient:
             await netguard.check_destination(url, allow_private=self._allow_private, field=field)
         except netguard.UnsafeUrl as exc:
             raise OAuthError("refused", endpoint=endpoint, detail=str(exc)) from None
+        import aiohttp  # loaded with the first OAuth exchange, not at start
+
         session = self._get_session()
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         try:
@@ -404,7 +407,7 @@ class OAuthClient:
                 data=urlencode(form).encode("ascii"),
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             ) as resp:
                 return resp.status, await _read_capped(resp)
         except _BodyTooLarge:

@@ -8,7 +8,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -94,6 +93,8 @@ class AlertLog:
                 )
 
     async def _post(self, url: str, payload: dict[str, Any]) -> str:
+        import aiohttp  # loaded with the first webhook, not at start
+
         async with aiohttp.ClientSession() as session:
             for attempt in range(WEBHOOK_ATTEMPTS):
                 try:

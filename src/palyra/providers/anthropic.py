@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from palyra.config.models import ProviderConfig
@@ -22,7 +21,7 @@ from palyra.providers.failures import (
     malformed_error,
     not_an_event_stream,
 )
-from palyra.providers.http_client import make_session, upstream_call
+from palyra.providers.http_client import make_upstream_session, upstream_call
 from palyra.providers.sse import read_events
 from palyra.providers.types import (
     ChatRequest,
@@ -33,6 +32,7 @@ from palyra.providers.types import (
     TranscriptionRequest,
     TranscriptionResult,
 )
+from palyra.providers.upstream_http import Timeouts, UpstreamSession
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -59,23 +59,23 @@ class AnthropicProvider:
         # Accept both https://api.anthropic.com and https://api.anthropic.com/v1 as the base.
         self.base_url = base[:-3] if base.endswith("/v1") else base
         self._credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(
+        self._timeout = Timeouts(
             total=config.request_timeout_ms / 1000.0, connect=config.connect_timeout_ms / 1000.0
         )
-        self._stream_timeout = aiohttp.ClientTimeout(
+        self._stream_timeout = Timeouts(
             total=None,
             connect=config.connect_timeout_ms / 1000.0,
-            sock_read=config.request_timeout_ms / 1000.0,
+            read=config.request_timeout_ms / 1000.0,
         )
         self._pool_size = config.max_concurrency
         self._allow_private = config.allow_private_base_url
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamSession | None = None
         # Keys this adapter has sent, so upstream error text echoing one is redacted exactly.
         self._sent_keys: set[str] = set()
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> UpstreamSession:
         if self._session is None or self._session.closed:
-            self._session = make_session(
+            self._session = make_upstream_session(
                 self.provider_id, pool_size=self._pool_size, allow_private=self._allow_private
             )
         return self._session

@@ -12,7 +12,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from palyra.config.models import ProviderConfig
@@ -25,7 +24,7 @@ from palyra.providers.failures import (
     malformed_error,
     not_an_event_stream,
 )
-from palyra.providers.http_client import make_session, upstream_call
+from palyra.providers.http_client import make_upstream_session, upstream_call
 from palyra.providers.sse import read_events
 from palyra.providers.types import (
     ChatRequest,
@@ -46,6 +45,7 @@ from palyra.providers.types import (
     Usage,
     UsageReport,
 )
+from palyra.providers.upstream_http import Timeouts, UpstreamSession, multipart_form
 from palyra.usage_estimate import estimate_tokens
 
 PALYRA_METADATA_PREFIX = "palyra_"
@@ -219,24 +219,24 @@ class OpenAICompatibleProvider:
         self.provider_id = config.provider_id
         self.base_url = config.base_url.rstrip("/")
         self._credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(
+        self._timeout = Timeouts(
             total=config.request_timeout_ms / 1000.0, connect=config.connect_timeout_ms / 1000.0
         )
         # Streams may run long; what must not happen is a silence longer than the request timeout.
-        self._stream_timeout = aiohttp.ClientTimeout(
+        self._stream_timeout = Timeouts(
             total=None,
             connect=config.connect_timeout_ms / 1000.0,
-            sock_read=config.request_timeout_ms / 1000.0,
+            read=config.request_timeout_ms / 1000.0,
         )
         self._pool_size = config.max_concurrency
         self._allow_private = config.allow_private_base_url
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamSession | None = None
         # Keys this adapter has sent, so upstream error text echoing one is redacted exactly.
         self._sent_keys: set[str] = set()
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> UpstreamSession:
         if self._session is None or self._session.closed:
-            self._session = make_session(
+            self._session = make_upstream_session(
                 self.provider_id, pool_size=self._pool_size, allow_private=self._allow_private
             )
         return self._session
@@ -364,24 +364,25 @@ class OpenAICompatibleProvider:
         return EmbeddingResult(vectors=vectors, usage=usage)
 
     async def transcribe(self, request: TranscriptionRequest, target: ModelTarget) -> TranscriptionResult:
-        form = aiohttp.FormData()
-        form.add_field("file", request.audio, filename=request.filename, content_type=request.content_type)
-        form.add_field("model", target.upstream_model)
-        # verbose_json carries duration and segments, from which every client format is rendered.
-        form.add_field("response_format", "verbose_json")
+        fields: list[tuple[str, str | bytes, str | None, str | None]] = [
+            ("file", request.audio, request.filename, request.content_type),
+            ("model", target.upstream_model, None, None),
+            # verbose_json carries duration and segments, from which every client format is rendered.
+            ("response_format", "verbose_json", None, None),
+        ]
         if request.language:
-            form.add_field("language", request.language)
+            fields.append(("language", request.language, None, None))
         if request.prompt:
-            form.add_field("prompt", request.prompt)
+            fields.append(("prompt", request.prompt, None, None))
         if request.temperature is not None:
-            form.add_field("temperature", str(request.temperature))
-        for key, value in request.extra.items():
-            form.add_field(key, value)
+            fields.append(("temperature", str(request.temperature), None, None))
+        fields += [(key, value, None, None) for key, value in request.extra.items()]
+        form, form_type = multipart_form(fields)
         async with upstream_call(self.provider_id, "/audio/transcriptions", self._sent_keys):
             async with self._http().post(
                 self.base_url + "/audio/transcriptions",
                 data=form,
-                headers=await self._headers(content_type=None),
+                headers=await self._headers(content_type=form_type),
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
@@ -444,5 +445,4 @@ class OpenAICompatibleProvider:
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
-            # aiohttp recommends a short pause so SSL transports close cleanly.
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let the transports close
