@@ -11,15 +11,11 @@ import io
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from palyra.callers.admin import load_admin_token
 from palyra.callers.tokens import TokenService, parse_duration
@@ -31,6 +27,9 @@ from palyra.shared_state import InProcessCounterStore
 from palyra.storage.db import Database, database_url_for
 from palyra.storage.runs import GROUP_COLUMNS, RunRepository
 from palyra.storage.tokens import TokenRepository
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palyra LLM gateway.")
 config_app = typer.Typer(no_args_is_help=True, help="Validate configuration.")
@@ -46,9 +45,31 @@ app.add_typer(budgets_app, name="budgets")
 routing_app = typer.Typer(no_args_is_help=True, help="Smart routing decisions.")
 app.add_typer(routing_app, name="routing")
 
+
+class _Console:
+    """rich's Console, made on first use: rich stays unloaded in `palyra serve` unless it must print."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+def _table(*columns: Any, **options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*columns, **options)
+
+
 # Piped output keeps whole rows on a line, so grep and less see one run per line.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+out = _Console(width=None if sys.stdout.isatty() else 200)
+err = _Console(stderr=True)
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (or PALYRA_CONFIG).")]
@@ -213,7 +234,7 @@ def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = Table("id", "name", "prefix", "scopes", "agent", "rate/min", "status", "expires", "last used")
+    table = _table("id", "name", "prefix", "scopes", "agent", "rate/min", "status", "expires", "last used")
     for r in rows:
         table.add_row(
             str(r["token_id"]),
@@ -276,6 +297,9 @@ def _daemon_call(cfg: PalyraConfig, method: str, path: str, timeout: float = 15.
     host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     if ":" in host:
         host = f"[{host}]"
+    import urllib.error  # with urllib.request, ~1 MB that `palyra serve` does not need
+    import urllib.request
+
     req = urllib.request.Request(
         f"http://{host}:{cfg.server.port}{path}",
         method=method,
@@ -314,7 +338,7 @@ def providers_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         err.print(
             "the daemon is not reachable; showing the configuration only (start it with `palyra serve`)"
         )
-        table = Table("provider", "kind", "base url", "health")
+        table = _table("provider", "kind", "base url", "health")
         for r in rows:
             table.add_row(str(r["provider_id"]), str(r["kind"]), str(r["base_url"] or "-"), str(r["health"]))
         out.print(table)
@@ -323,7 +347,7 @@ def providers_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(data)
         return
-    table = Table(
+    table = _table(
         "provider", "kind", "health", "circuit", "in flight", "requests", "error rate", "p50 ms", "last error"
     )
     for p in data:
@@ -489,7 +513,7 @@ def auth_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(views)
         return
-    table = Table("profile", "provider", "type", "scope", "health", "eligibility", "expires")
+    table = _table("profile", "provider", "type", "scope", "health", "eligibility", "expires")
     for v in views:
         scope = "global" if v["scope"]["kind"] == "global" else f"agent:{v['scope']['agent_id']}"
         table.add_row(
@@ -624,7 +648,7 @@ def budgets_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json(rows)
         return
-    table = Table("policy", "scope", "metric", "window", "spent", "soft", "hard", "remaining")
+    table = _table("policy", "scope", "metric", "window", "spent", "soft", "hard", "remaining")
 
     def num(metric: str, v: Any) -> str:
         return "-" if v is None else (f"{v:.4f}" if metric == "usd" else f"{v:,.0f}")
@@ -658,7 +682,7 @@ def budgets_alerts(
     if as_json:
         _emit_json(rows)
         return
-    table = Table("time", "kind", "subject", "window", "message", "webhook")
+    table = _table("time", "kind", "subject", "window", "message", "webhook")
     for r in rows:
         table.add_row(
             _ts(r["at"]), r["kind"], r["subject"], r["window_key"], r["message"], r["webhook_status"] or "-"
@@ -693,7 +717,7 @@ def routing_decisions(
                 row[key] = json.loads(row[key]) if row[key] else None
         _emit_json({"data": rows, "totals": totals})
         return
-    table = Table(
+    table = _table(
         "time", "mode", "requested", "recommended", "served", "score", "actual $", "if routed $", "saving $"
     )
 
@@ -761,7 +785,7 @@ def usage(
         sys.stdout.write(buf.getvalue())
         return
     if not by and recent:
-        table = Table(
+        table = _table(
             "time",
             "request id",
             "endpoint",
@@ -784,7 +808,7 @@ def usage(
                 f"{r['latency_ms']:.1f}",
             )
         out.print(table)
-    table = Table(
+    table = _table(
         *(["key"] if by else []),
         "requests",
         "errors",

@@ -37,6 +37,7 @@ def serve(config: PalyraConfig, *, announce: bool = True) -> None:
         "port": config.server.port,
         "loop": "uvloop",
         "http": "httptools",
+        "ws": "none",  # no WebSocket endpoint: do not load a WebSocket library either
         "lifespan": "on",
         "access_log": False,
         "log_config": None,

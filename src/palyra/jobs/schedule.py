@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from croniter import CroniterError, croniter  # type: ignore[import-untyped, unused-ignore]
-
 from palyra.errors import ConfigError
+
+
+def _cron() -> Any:
+    """croniter (and dateutil under it, ~2 MB) is imported by the first cron schedule, not at start:
+    the built-in jobs run on intervals."""
+    import croniter  # type: ignore[import-untyped, unused-ignore]
+
+    return croniter
+
 
 ScheduleKind = Literal["interval", "cron"]
 MisfirePolicy = Literal["skip", "catch_up_once"]
@@ -61,12 +68,12 @@ class Schedule:
                 f"cron expression {expression!r} has {len(text.split(' '))} fields; use 5: "
                 "minute hour day-of-month month day-of-week (e.g. '*/5 * * * *')"
             )
-        if not croniter.is_valid(text):
+        if not _cron().croniter.is_valid(text):
             raise ScheduleError(f"cron expression {expression!r} is not valid (e.g. '0 3 * * *')")
         schedule = cls("cron", cron=text)
         try:
             schedule.next_after(_GAP_SCAN_FROM)
-        except (CroniterError, ValueError) as exc:
+        except (_cron().CroniterError, ValueError) as exc:
             raise ScheduleError(f"cron expression {expression!r} never fires: {exc}") from None
         return schedule
 
@@ -83,19 +90,19 @@ class Schedule:
         """The first slot strictly after ``t``."""
         if self.interval_s is not None:
             return (math.floor(t / self.interval_s) + 1) * self.interval_s
-        return float(croniter(self.cron, t).get_next(float))
+        return float(_cron().croniter(self.cron, t).get_next(float))
 
     def latest_at_or_before(self, t: float) -> float:
         """The last slot at or before ``t``."""
         if self.interval_s is not None:
             return math.floor(t / self.interval_s) * self.interval_s
         # Cron slots fall on whole seconds; get_prev is strictly-before, so start one second on.
-        return float(croniter(self.cron, t).get_prev(float, start_time=math.floor(t) + 1))
+        return float(_cron().croniter(self.cron, t).get_prev(float, start_time=math.floor(t) + 1))
 
     def previous_before(self, slot: float) -> float:
         if self.interval_s is not None:
             return slot - self.interval_s
-        return float(croniter(self.cron, slot).get_prev(float))
+        return float(_cron().croniter(self.cron, slot).get_prev(float))
 
     def count_slots(self, first: float, last: float) -> int:
         """How many slots lie in [first, last] (``first`` a slot), capped at ``MISSED_COUNT_CAP``."""
@@ -103,7 +110,7 @@ class Schedule:
             return 0
         if self.interval_s is not None:
             return min(MISSED_COUNT_CAP, round((last - first) / self.interval_s) + 1)
-        it = croniter(self.cron, first - 1)
+        it = _cron().croniter(self.cron, first - 1)
         count = 0
         while count < MISSED_COUNT_CAP and it.get_next(float) <= last:
             count += 1
@@ -112,7 +119,7 @@ class Schedule:
     def min_gap_s(self) -> float:
         if self.interval_s is not None:
             return self.interval_s
-        it = croniter(self.cron, _GAP_SCAN_FROM)
+        it = _cron().croniter(self.cron, _GAP_SCAN_FROM)
         prev = it.get_next(float)
         gap = math.inf
         horizon = _GAP_SCAN_FROM + 366 * 86_400

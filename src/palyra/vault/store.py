@@ -9,6 +9,7 @@ back instead of mixing keys.
 from __future__ import annotations
 
 import builtins
+import importlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from palyra.storage.db import Database, redact_url
@@ -281,8 +281,10 @@ class Vault:
             "created_at": now,
             "updated_at": now,
         }
-        dialect_insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
-        stmt = dialect_insert(vault_secrets).values(**values)
+        # The dialect's own INSERT (for ON CONFLICT), imported for the dialect in use only.
+        dialect = "sqlite" if self._db.is_sqlite else "postgresql"
+        insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+        stmt = insert(vault_secrets).values(**values)
         keep = ("scope", "key", "created_at")
         return stmt.on_conflict_do_update(
             index_elements=[_t.scope, _t.key],
