@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ipaddress
+import re
 import secrets
 import socket
 import ssl
@@ -43,6 +45,7 @@ import httptools
 
 from palyra.netguard import is_private_address
 
+_UNSAFE_NAME = re.compile(r"[\r\n:]")
 IDLE_S = 15.0  # an idle keep-alive connection older than this is closed rather than reused
 DNS_TTL_S = 300.0
 HIGH_WATER = 256 * 1024  # unread body bytes at which reading from the socket pauses
@@ -60,13 +63,13 @@ class Timeouts:
     read: float | None = None  # the longest wait for more of the response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Origin:
     scheme: str
     host: str
     port: int
 
-    @property
+    @functools.cached_property
     def host_header(self) -> bytes:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -585,7 +588,7 @@ def _ends_at_close(headers: dict[str, str]) -> bool:
 
 
 def _check_header(name: str, value: str) -> None:
-    if any(c in name for c in "\r\n:") or any(c in value for c in "\r\n"):
+    if _UNSAFE_NAME.search(name) or "\n" in value or "\r" in value:
         raise UpstreamConnectionError(f"header {name!r} has a line break or colon in it")
 
 
