@@ -126,7 +126,7 @@ class OpenAISurface:
         return response
 
     async def _authenticate(self, request: Request, now: float) -> Caller:
-        header = request.headers.get("authorization")
+        header = _header(request, b"authorization")
         guard = self.auth_failures
         if guard is None:
             return await self.tokens.authenticate(header, now)
@@ -203,7 +203,7 @@ class OpenAISurface:
             )
 
     async def _body(self, request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
+        declared = _header(request, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"request body exceeds the {limit // (1024 * 1024)} MiB limit")
         chunks: list[bytes] = []
@@ -221,8 +221,8 @@ class OpenAISurface:
     def _attribute(
         self, request: Request, ctx: RunContext, caller: Caller, metadata: dict[str, str] | None
     ) -> None:
-        agent = request.headers.get("x-palyra-agent") or (metadata or {}).get("palyra_agent")
-        session = request.headers.get("x-palyra-session") or (metadata or {}).get("palyra_session")
+        agent = _header(request, b"x-palyra-agent") or (metadata or {}).get("palyra_agent")
+        session = _header(request, b"x-palyra-session") or (metadata or {}).get("palyra_session")
         ctx.record.agent_id = caller.agent_for(agent)
         if session is not None:
             ctx.record.session_id = validate_agent_id(session, "X-Palyra-Session")
@@ -389,7 +389,7 @@ class OpenAISurface:
         return await self._serve(request, "audio.transcriptions", "audio", self._transcriptions)
 
     async def _transcriptions(self, request: Request, ctx: RunContext, caller: Caller) -> Response:
-        declared = request.headers.get("content-length")
+        declared = _header(request, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_audio_bytes:
             raise RequestTooLarge(
                 f"request body exceeds the {self.max_audio_bytes // (1024 * 1024)} MiB limit"
@@ -495,3 +495,19 @@ class SSEResponse(Response):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+_READ_HEADERS = frozenset({b"authorization", b"content-length", b"x-palyra-agent", b"x-palyra-session"})
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    """One of the headers /v1 reads. They are picked out of the request in one pass, the first time
+    one is asked for: Starlette's ``Headers`` scans and lower-cases the whole list on every lookup."""
+    picked: dict[bytes, str] | None = request.scope.get("palyra.headers")
+    if picked is None:
+        picked = {}
+        for key, value in request.scope["headers"]:
+            if key in _READ_HEADERS and key not in picked:  # ASGI servers send names lower-cased
+                picked[key] = value.decode("latin-1")
+        request.scope["palyra.headers"] = picked
+    return picked.get(name)
