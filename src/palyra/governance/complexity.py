@@ -279,10 +279,11 @@ def explain(features: Features) -> dict[str, float]:
 
 def score(features: Features) -> float:
     """The complexity of a request in [0, 1]: the sum of ``explain(features)``."""
-    return _total(explain(features))
+    return total(explain(features))
 
 
-def _total(contributions: dict[str, float]) -> float:
+def total(contributions: dict[str, float]) -> float:
+    """The score from ``explain``'s contributions."""
     return min(1.0, max(0.0, sum(contributions.values())))
 
 

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Literal, TypedDict
 
 from palyra.errors import InvalidRequest
-from palyra.governance.complexity import explain, extract, score
+from palyra.governance.complexity import explain, extract, total
 from palyra.providers.registry import Needs, RegisteredModel
 from palyra.providers.types import ChatRequest
 
@@ -136,7 +136,7 @@ def decide(
 
     features = extract(request, token_count)
     contributions = explain(features)
-    value = score(features)
+    value = total(contributions)  # score(features), without computing the contributions twice
     tier: Tier = "simple" if value < low else "complex" if value > high else "standard"
     codes: list[str] = [f"mode_{mode.value}", f"score_{tier}"]
     if requested is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -206,17 +206,22 @@ class OpenAISurface:
         declared = _header(request, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"request body exceeds the {limit // (1024 * 1024)} MiB limit")
+        # The ASGI messages read directly: Request.stream() is an async generator around the same loop.
+        receive = request.receive
         chunks: list[bytes] = []
         size = 0
-        try:
-            async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("the client closed the connection before sending the whole body")
+            chunk = message.get("body", b"")
+            if chunk:
                 size += len(chunk)
                 if size > limit:
                     raise RequestTooLarge(f"request body exceeds the {limit // (1024 * 1024)} MiB limit")
                 chunks.append(chunk)
-        except ClientDisconnect:
-            raise InvalidRequest("the client closed the connection before sending the whole body") from None
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _attribute(
         self, request: Request, ctx: RunContext, caller: Caller, metadata: dict[str, str] | None
