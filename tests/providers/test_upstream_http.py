@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -177,13 +179,25 @@ async def test_timeouts_total_and_between_reads() -> None:
 
 
 async def test_private_addresses_need_allow_private() -> None:
+    """Checked at connect time, on every address a name resolves to (DNS rebinding included)."""
     app = web.Application()
+
+    async def reached(_request: web.Request) -> web.Response:
+        return web.Response(text="reached")
+
+    app.router.add_get("/", reached)
     async with aiohttp_server(app) as base:
-        http = session(allow_private=False)
-        with pytest.raises(UpstreamConnectionError, match="allow_private_base_url"):
-            async with http.get(base + "/", timeout=T):
-                pass
-        await http.close()
+        port = base.rsplit(":", 1)[1]
+        for url in (base + "/", f"http://localhost:{port}/"):  # a literal, then a name
+            http = session(allow_private=False)
+            with pytest.raises(UpstreamConnectionError, match="allow_private_base_url"):
+                async with http.get(url, timeout=T):
+                    pass
+            await http.close()
+        allowed = session(allow_private=True)
+        async with allowed.get(f"http://localhost:{port}/", timeout=T) as resp:
+            assert await resp.read() == b"reached"
+        await allowed.close()
 
 
 async def test_the_pool_limit_queues_requests_beyond_it() -> None:
@@ -274,3 +288,98 @@ async def test_header_injection_is_refused() -> None:
         async with http.get("http://127.0.0.1:9/", headers={"X-A": "v\r\nX-B: w"}, timeout=T):
             pass
     await http.close()
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for localhost (the CA, certificate and key files)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                critical=False,
+            ).add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "palyra test CA")])
+    ca_cert = cert("palyra test CA", ca_key, ca_name, ca_key, True)
+    leaf = cert("localhost", key, ca_name, ca_key, False)
+    ca_file, cert_file, key_file = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+async def test_https_verifies_the_certificate_and_the_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca_file, cert_file, key_file = _tls_files(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"tls": request.secure})
+
+    app.router.add_post("/v1/x", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        untrusted = session()  # the system's CAs do not know the test CA
+        with pytest.raises(UpstreamConnectionError, match=r"TLS|certificate"):
+            async with untrusted.post(f"https://localhost:{port}/v1/x", data=b"", timeout=T):
+                pass
+        await untrusted.close()
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # read when the client makes its context
+        trusted = session()
+        async with trusted.post(f"https://localhost:{port}/v1/x", data=b"", timeout=T) as resp:
+            assert resp.status == 200 and await resp.read() == b'{"tls": true}'
+        await trusted.close()
+
+        wrong_name = session()  # the certificate names localhost, not 127.0.0.1
+        with pytest.raises(UpstreamConnectionError, match=r"TLS|certificate|match"):
+            async with wrong_name.post(f"https://127.0.0.1:{port}/v1/x", data=b"", timeout=T):
+                pass
+        await wrong_name.close()
+    finally:
+        await runner.cleanup()
