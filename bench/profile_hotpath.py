@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+
 from daemon_proc import UPSTREAM_KEY, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, upstream_config
 from mock_upstream import MockSettings, MockUpstream
 
