@@ -325,3 +325,61 @@ async def test_draw_settlements_leave_summed_in_one_call(redis_factory) -> None:
     await ledger.give_back_allowances()
     assert await _big_spent_reserved(ledger) == (pytest.approx(0.01 + 10 * 0.003 + 0.002), pytest.approx(0.0))
     await ledger.aclose()
+
+
+async def test_a_resent_give_back_returns_the_room_once(redis_factory) -> None:
+    """A give-back whose reply was lost is sent again; the in-flight draw must stay reserved."""
+    state = redis_factory()
+    ledger = _big_ledger(state)
+    first = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    drawn = await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))  # in flight, drawn from the lease
+    allowance = next(iter(ledger._allowances.values()))
+    left = allowance.left
+    sent: list[tuple[list[str], list[object]]] = []
+    real_run = state.run
+
+    async def recording(script, keys, args, **kw):  # type: ignore[no-untyped-def]
+        if script is ledger._give_back_script:
+            sent.append((list(keys), list(args)))
+        return await real_run(script, keys, args, **kw)
+
+    state.run = recording  # type: ignore[method-assign]
+    await ledger.give_back_allowances()
+    keys, args = sent[0]
+    await real_run(ledger._give_back_script, keys, args)  # the same call once more
+    state.run = real_run  # type: ignore[method-assign]
+    # reserved: the first request's own hold and the draw still in flight, nothing more, nothing less
+    assert (await _big_spent_reserved(ledger))[1] == pytest.approx(0.01 + 0.01)
+    assert left == pytest.approx(0.32 - 0.01)
+    ledger.settle(first, 0.01, 0)
+    ledger.settle(drawn, 0.01, 0)
+    await ledger.flush()
+    assert await _big_spent_reserved(ledger) == (pytest.approx(0.02), pytest.approx(0.0))
+    await ledger.aclose()
+
+
+async def test_a_retried_reservation_reports_the_allowance_it_granted(redis_factory) -> None:
+    """The reply to a reservation was lost and the script ran again: the allowance granted the first
+    time is reported, not granted twice nor left in Redis unknown to the replica."""
+    state = redis_factory()
+    ledger = _big_ledger(state)
+    replies: list[object] = []
+    real_run = state.run
+
+    async def twice(script, keys, args, **kw):  # type: ignore[no-untyped-def]
+        if script is not ledger._reserve_script:
+            return await real_run(script, keys, args, **kw)
+        await real_run(script, keys, args, **kw)  # this reply is "lost"
+        reply = await real_run(script, keys, args, **kw)
+        replies.append(reply)
+        return reply
+
+    state.run = twice  # type: ignore[method-assign]
+    await ledger.reserve(WHO, Estimate(usd=0.01, tokens=0))
+    state.run = real_run  # type: ignore[method-assign]
+    assert float(replies[0][4]) == pytest.approx(0.32)  # type: ignore[index]
+    assert next(iter(ledger._allowances.values())).left == pytest.approx(0.32)
+    assert (await _big_spent_reserved(ledger))[1] == pytest.approx(0.01 + 0.32)  # held once
+    await ledger.give_back_allowances()
+    assert (await _big_spent_reserved(ledger))[1] == pytest.approx(0.01)
+    await ledger.aclose()

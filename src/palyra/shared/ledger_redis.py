@@ -177,7 +177,9 @@ for i = 1, n do
   -- request asks Redis, so the limit is exact there).
   local g = 0
   local want, least = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
-  if not replay and want > 0 and crossed == '0' then
+  if replay then  -- the reply to the first run was lost: report the allowance it granted
+    g = tonumber(redis.call('HGET', hk, 'g' .. i) or '0')
+  elseif want > 0 and crossed == '0' then
     local room = want * 8
     if hard ~= '' then room = math.min(room, tonumber(hard) - after) end
     if soft ~= '' then room = math.min(room, tonumber(soft) - after) end
@@ -207,6 +209,7 @@ if not replay then
       end
       redis.call('PEXPIRE', lk, ARGV[3])
       redis.call('ZADD', holds, ARGV[2], lk)
+      redis.call('HSET', hk, 'g' .. i, g)
     end
   end
   redis.call('HSET', hk, 'n', n, 'state', 'held')
@@ -279,8 +282,10 @@ return state
 """
 )
 
-# KEYS: a lease. ARGV: the amount to give back (what this replica has not drawn)
+# KEYS: a lease, this give-back's marker. ARGV: the amount to give back (what this replica has not
+# drawn), marker ttl ms. The marker makes a resent give-back (a reply lost, the call retried) a no-op.
 _GIVE_BACK = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return '0' end
 if redis.call('HGET', KEYS[1], 'state') ~= 'held' then return '0' end
 local left = tonumber(redis.call('HGET', KEYS[1], 'a1') or '0')
 local d = math.min(tonumber(ARGV[1]) or 0, left)
@@ -868,8 +873,12 @@ class RedisBudgetLedger(BudgetLedger):
     async def _give_back(self, allowance: _Allowance) -> None:
         amount, allowance.left = allowance.left, 0.0
         with contextlib.suppress(SharedStateUnavailable):  # else the lease expires by itself
+            marker = self._redis.key("bud", "back", self._draw_id())
             await self._redis.run(
-                self._give_back_script, [allowance.lease], [_num(amount)], code=BUDGET_UNAVAILABLE
+                self._give_back_script,
+                [allowance.lease, marker],
+                [_num(amount), self._keep_ms()],
+                code=BUDGET_UNAVAILABLE,
             )
 
     async def give_back_allowances(self) -> None:
