@@ -383,3 +383,20 @@ async def test_https_verifies_the_certificate_and_the_host_name(
         await wrong_name.close()
     finally:
         await runner.cleanup()
+
+
+async def test_an_interim_response_is_skipped() -> None:
+    async def continue_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the interim response arrives alone
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with raw_server(continue_first) as base:
+        http = session()
+        async with http.post(base + "/", data=b"{}", timeout=T) as resp:
+            assert resp.status == 201 and await resp.read() == b"done"
+        await http.close()

@@ -282,9 +282,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         response = self.response
+        if response is None or not response.status:  # the end of an interim (1xx) response
+            return
         self.reusable = self.parser.should_keep_alive()
-        if response is not None:
-            response._finish()
+        response._finish()
 
     # used by the session
 
