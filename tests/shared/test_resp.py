@@ -7,11 +7,15 @@ import os
 import secrets
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from palyra.shared.resp import RespPipe, encode
+from palyra.shared.resp import (
+    NoScriptError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ResponseError,
+    RespPipe,
+    encode,
+)
 
 REDIS_URL = os.environ.get("PALYRA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -12,44 +12,60 @@ which is how every component recovers when Redis returns.
 Scripts and commands go through ``RespPipe`` (``palyra.shared.resp``): one multiplexed connection per
 process, replies parsed by hiredis, about a quarter of redis-py's time per call. redis-py's client
 (a blocking pool of ``server.redis_max_connections``) remains for what is not on the request path, such
-as SCAN.
+as SCAN, and is imported and connected only when that is first used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from palyra.shared.errors import SharedStateUnavailable
-from palyra.shared.resp import RespPipe
+from palyra.shared.resp import (
+    NoScriptError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    ResponseError,
+    RespPipe,
+)
 from palyra.shared.state import DEFAULT_PREFIX
 
 log = logging.getLogger("palyra.shared")
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 UNAVAILABLE = "shared_state_unavailable"
 POOL_WAIT_S = 5.0
 
 
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, run by its SHA-1 (EVALSHA) and loaded when Redis does not have it."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest())
+
+
 class RedisState:
     def __init__(
         self,
-        client: Redis,
+        client: Callable[[], Redis],
         *,
         prefix: str = DEFAULT_PREFIX,
         fail_fast_s: float = 0.5,
         pipe: RespPipe,
     ) -> None:
-        self.client = client  # redis-py: for what is not on the request path (SCAN, tests)
+        self._make_client = client
+        self._client: Redis | None = None
         self.pipe = pipe
         self.prefix = prefix
         self._namespace = f"palyra:{{{prefix}}}"
@@ -72,26 +88,40 @@ class RedisState:
         Every script is safe to run twice (reservations and settlements are keyed by their id), so the
         retry after a connection lost mid-reply cannot double count.
         """
-        # A blocking pool: past ``max_connections`` a call waits for a free connection (a burst of a
-        # thousand streams queues for a moment) instead of failing as if Redis were down.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=POOL_WAIT_S,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            health_check_interval=15,
-        )
-        client = Redis(connection_pool=pool)
+
+        def client() -> Redis:
+            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+
+            # A blocking pool: past ``max_connections`` a call waits for a free connection instead
+            # of failing as if Redis were down.
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=POOL_WAIT_S,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+                health_check_interval=15,
+            )
+            return Redis(connection_pool=pool)
+
         return cls(client, prefix=prefix, fail_fast_s=fail_fast_s, pipe=RespPipe(url, timeout_s=timeout_s))
+
+    @property
+    def client(self) -> Redis:
+        """redis-py's client, for what is not on the request path (SCAN, tests); made on first use."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
 
     def key(self, *parts: str) -> str:
         return ":".join((self._namespace, *parts))
 
-    def script(self, source: str) -> AsyncScript:
-        return self.client.register_script(source)
+    def script(self, source: str) -> Script:
+        return Script(source)
 
     @property
     def available(self) -> bool:
@@ -100,7 +130,7 @@ class RedisState:
 
     async def run(
         self,
-        script: AsyncScript,
+        script: Script,
         keys: Sequence[str],
         args: Sequence[str | int | float],
         *,
@@ -114,9 +144,7 @@ class RedisState:
         self._recovered()
         return result
 
-    async def _evalsha(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float]
-    ) -> Any:
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         for attempt in range(2):
             try:
@@ -133,7 +161,7 @@ class RedisState:
 
     async def run_many(
         self,
-        script: AsyncScript,
+        script: Script,
         calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]],
         *,
         code: str = UNAVAILABLE,
@@ -158,7 +186,7 @@ class RedisState:
         return results
 
     async def _evalsha_all(
-        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]]
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | int | float]]]
     ) -> list[Any]:
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
         replies = await self.pipe.call_many(commands)
@@ -193,7 +221,8 @@ class RedisState:
 
     async def aclose(self) -> None:
         await self.pipe.close()
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     def _check(self, code: str) -> None:
         if time.monotonic() < self._down_until:
@@ -219,9 +248,8 @@ class RedisState:
             log.warning("shared state (Redis) is reachable again")
 
 
-def _source(script: AsyncScript) -> str | bytes:
-    source = script.script
-    return source if isinstance(source, str) else bytes(source)
+def _source(script: Script) -> str:
+    return script.source
 
 
 def text(value: Any) -> str:
