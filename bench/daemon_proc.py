@@ -44,6 +44,7 @@ class DaemonSpec:
     redis_url: str = ""  # server.redis_url: shared state (counters, leases, breakers) in Redis
     redis_key_prefix: str = ""  # server.redis_key_prefix, when the code under test has that setting
     workers: int = 1  # server.workers: worker processes on one port (needs redis_url)
+    token_counting: str = ""  # server.token_counting ("bpe", "estimate"); empty: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,8 @@ def write_config(state_dir: Path, port: int, spec: DaemonSpec) -> Path:
         lines.append(f"redis_key_prefix = {_toml_str(spec.redis_key_prefix)}")
     if spec.workers > 1:
         lines.append(f"workers = {spec.workers}")
+    if spec.token_counting:
+        lines.append(f"token_counting = {_toml_str(spec.token_counting)}")
     if spec.upstream_base_url:
         lines += upstream_config(spec.upstream_base_url, spec.upstream_max_concurrency)
     path = state_dir / "palyra.toml"

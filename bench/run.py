@@ -174,6 +174,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "share both CPUs with the client and the mock)",
     )
     parser.add_argument(
+        "--token-counting",
+        choices=("bpe", "estimate"),
+        default="",
+        help="Palyra's server.token_counting (default: the daemon's default, bpe); estimate never "
+        "loads the BPE tokenizer (~25 MiB less after the first chat request)",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="do not pin the gateways, the client and the mock upstream to CPUs",
@@ -419,6 +426,7 @@ def bench_deterministic(
             source_dir=args.source_dir,
             redis_url=where.redis_url,
             workers=args.workers,
+            token_counting=args.token_counting,
         )
         daemon = stack.enter_context(Daemon(spec))
         say(

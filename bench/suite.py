@@ -401,6 +401,7 @@ def run_suite(
             redis_url=backend.redis_url,
             redis_key_prefix=prefix,
             workers=args.workers,
+            token_counting=args.token_counting,
         )
         daemon = stack.enter_context(Daemon(spec))
         palyra.rss_idle_kib = tree_rss_kib(daemon.pid)

@@ -39,6 +39,7 @@ from palyra.governance.alerts import AlertLog
 from palyra.governance.budgets import Policy
 from palyra.governance.pricing import PriceTable
 from palyra.governance.service import Governance
+from palyra.governance.tokenizer import use_bpe
 from palyra.jobs import JobContext, JobSpec, Scheduler
 from palyra.journal import JournalWriter, RunRecord
 from palyra.journal_spool import Spool
@@ -101,6 +102,7 @@ def state_dir_of(config: PalyraConfig) -> Path:
 
 def build_components(config: PalyraConfig) -> Components:
     state_dir = state_dir_of(config)
+    use_bpe(config.server.token_counting == "bpe")
     db = Database(
         database_url_for(config.server.database_url, state_dir), schema=config.server.database_schema
     )

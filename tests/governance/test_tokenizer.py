@@ -169,3 +169,32 @@ def test_performance_smoke() -> None:
         q = statistics.quantiles(samples, n=100)
         p50, p99, worst = q[49] / 1000, q[98] / 1000, max(samples) / 1000
         print(f"\n{label}: p50 {p50:.1f} us, p99 {p99:.1f} us, max {worst:.1f} us")
+
+
+def test_estimate_mode_never_loads_the_bpe() -> None:
+    from palyra.usage_estimate import estimate_tokens
+
+    tokenizer = Tokenizer(bpe=False)
+    text = "Recommend two mystery novels set in Scotland. 日本語も少し。"
+    assert tokenizer.count(text) == estimate_tokens(text)
+    assert tokenizer.exact is False and tokenizer._encoding is None
+
+
+@pytest.mark.parametrize(("counting", "loaded"), [("bpe", True), ("estimate", False)])
+def test_server_token_counting_decides_whether_the_daemon_loads_the_bpe(
+    tmp_path: Path, counting: str, loaded: bool
+) -> None:
+    """What the daemon maps tells: tiktoken's extension is in memory only if the BPE was loaded."""
+    from conftest import start_daemon
+
+    daemon = start_daemon(tmp_path, config=f'[server]\ntoken_counting = "{counting}"\n')
+    try:
+        token, _ = daemon.create_token(name="t")
+        reply = daemon.client(token).chat.completions.create(
+            model="deterministic", messages=[{"role": "user", "content": "count my tokens"}]
+        )
+        assert reply.usage is not None and reply.usage.prompt_tokens > 0
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert ("_tiktoken" in maps) is loaded
+    finally:
+        daemon.stop()

@@ -42,6 +42,8 @@ class ServerConfig(Frozen):
     journal_flush_interval_ms: Annotated[int, Field(gt=0, le=60_000)] = 200
     journal_batch_size: Annotated[int, Field(gt=0, le=10_000)] = 500
     token_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # Prompt tokens for reservations and routing: the cl100k BPE (~25 MiB once loaded) or 4 chars/token.
+    token_counting: Literal["bpe", "estimate"] = "bpe"
     default_token_rate_limit_per_minute: Annotated[int, Field(ge=0)] = 0
     # Refused credentials per client address and minute before every authentication from it gets 429.
     auth_failure_limit_per_minute: Annotated[int, Field(ge=0)] = 60
