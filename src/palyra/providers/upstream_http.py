@@ -152,18 +152,11 @@ class UpstreamResponse:
         if self._error is not None:
             raise self._error
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        deadline = self._deadline
-        if self._read_s is not None:
-            read_by = loop.time() + self._read_s
-            deadline = read_by if deadline is None else min(deadline, read_by)
-        timer = loop.call_at(deadline, _time_out, waiter) if deadline is not None else None
+        self._waiter = loop.create_future()
         try:
-            await waiter
+            await _wait(self._waiter, self._deadline, self._read_s, loop)
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
         if self._error is not None and not self._chunks:
             raise self._error
 
@@ -387,7 +380,7 @@ class _Exchange:
             self._session._release(conn, keep=keep and conn.reusable and not conn.closed)
 
 
-async def _wait(
+async def _wait(  # until ``future`` is done, the deadline passes or ``read_s`` elapse: TimeoutError
     future: asyncio.Future[None],
     deadline: float | None,
     read_s: float | None,

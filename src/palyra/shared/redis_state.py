@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from palyra.shared.errors import SharedStateUnavailable
@@ -49,10 +49,7 @@ class Script:
     """A Lua script, run by its SHA-1 (EVALSHA) and loaded when Redis does not have it."""
 
     source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest())
+    sha: str
 
 
 class RedisState:
@@ -121,7 +118,7 @@ class RedisState:
         return ":".join((self._namespace, *parts))
 
     def script(self, source: str) -> Script:
-        return Script(source)
+        return Script(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
     @property
     def available(self) -> bool:
